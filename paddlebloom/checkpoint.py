@@ -1,0 +1,237 @@
+"""Checkpoint files in PaddleNLP's layout, tensor-parallel split/merge, atomic writes.
+
+A checkpoint directory holds config.json, the tokenizer files, and either one
+`model_state.pdparams` (or `model.safetensors`, or an index of either) or one shard per
+tensor-parallel rank, `model_state.tp00.pdparams` ... (config.json then says
+`tensor_parallel_degree`). Loading adapts to the running degree: a single file is split, shards
+of the same degree are read directly, shards of another degree are merged and re-split.
+"""
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from .config import BloomConfig
+from .runtime import parallel_context
+
+WEIGHTS = "model_state.pdparams"
+SAFE_WEIGHTS = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+# Which axis a parameter is split along under tensor parallelism (None: replicated).
+_COLUMN = re.compile(r"(query_key_value|dense_h_to_4h)\.(weight|bias)$|(query_key_value|dense_h_to_4h)\.lora_B$")
+_ROW = re.compile(r"(self_attention\.dense|dense_4h_to_h|word_embeddings)\.weight$|(self_attention\.dense|dense_4h_to_h)\.lora_A$")
+
+
+def tp_axis(name: str, ndim: int) -> Optional[int]:
+    if _COLUMN.search(name):
+        return ndim - 1
+    if _ROW.search(name):
+        return 0
+    return None
+
+
+def shard_name(rank: int) -> str:
+    return f"model_state.tp{rank:02d}.pdparams"
+
+
+def split_for_rank(state: Dict[str, np.ndarray], degree: int, rank: int) -> Dict[str, np.ndarray]:
+    out = {}
+    for name, value in state.items():
+        axis = tp_axis(name, value.ndim)
+        out[name] = value if axis is None or degree == 1 else np.split(value, degree, axis=axis)[rank]
+    return out
+
+
+def merge_shards(shards) -> Dict[str, np.ndarray]:
+    merged = {}
+    for name, first in shards[0].items():
+        axis = tp_axis(name, first.ndim)
+        merged[name] = first if axis is None or len(shards) == 1 else np.concatenate([s[name] for s in shards], axis=axis)
+    return merged
+
+
+# ---------------------------------------------------------------- reading
+
+def _to_numpy(state) -> Dict[str, np.ndarray]:
+    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items()}
+
+
+def _read_weight_file(path: str) -> Dict[str, np.ndarray]:
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    return _to_numpy(paddle.load(path, return_numpy=True))
+
+
+def _read_full(directory: str) -> Optional[Dict[str, np.ndarray]]:
+    for name in (WEIGHTS, SAFE_WEIGHTS):
+        if os.path.isfile(os.path.join(directory, name)):
+            return _read_weight_file(os.path.join(directory, name))
+    for index in (WEIGHTS + ".index.json", SAFE_WEIGHTS + ".index.json"):
+        path = os.path.join(directory, index)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            state = {}
+            for part in files:
+                state.update(_read_weight_file(os.path.join(directory, part)))
+            return state
+    return None
+
+
+def with_model_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """PaddleNLP's BloomModel (not ...ForCausalLM) saves without the `bloom.` prefix."""
+    return {(k if k.startswith("bloom.") else "bloom." + k): v for k, v in state.items() if not k.startswith("lm_head.")}
+
+
+def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0) -> Dict[str, np.ndarray]:
+    """The parameters this rank holds at `degree`, from any layout on disk."""
+    full = _read_full(directory)
+    if full is not None:
+        return split_for_rank(with_model_prefix(full), degree, rank)
+    shards = sorted(f for f in os.listdir(directory) if re.fullmatch(r"model_state\.tp\d\d\.pdparams", f))
+    if not shards:
+        raise FileNotFoundError(f"{directory}: no weights ({WEIGHTS}, {SAFE_WEIGHTS} or tensor-parallel shards)")
+    if len(shards) == degree:
+        return with_model_prefix(_read_weight_file(os.path.join(directory, shard_name(rank))))
+    merged = merge_shards([with_model_prefix(_read_weight_file(os.path.join(directory, s))) for s in shards])
+    return split_for_rank(merged, degree, rank)
+
+
+def load_into(model: paddle.nn.Layer, directory: str, strict: bool = True) -> None:
+    ctx = parallel_context()
+    state = read_state_for_rank(directory, ctx.tp_degree, ctx.tp_rank)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if strict and missing:
+        raise KeyError(f"{directory}: checkpoint lacks {len(missing)} parameters, e.g. {missing[0]}")
+    for name, param in own.items():
+        if name in state:
+            value = state[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{directory}: {name} has shape {list(value.shape)}, the model expects {list(param.shape)}")
+            param.set_value(value.astype(param.numpy().dtype if param.dtype != paddle.bfloat16 else np.float32))
+
+
+# ---------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def atomic_directory(target: str):
+    """Yield a temporary sibling directory; on success it replaces `target` in one rename."""
+    parent = os.path.dirname(os.path.abspath(target)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".tmp-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if os.path.exists(target):
+            old = tmp + ".old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path) and rename the result over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def copy_tokenizer(src_dir: str, dst_dir: str) -> None:
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src_dir, name)):
+            shutil.copy2(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+
+
+def gather_full_state(state: Dict[str, paddle.Tensor]) -> Optional[Dict[str, np.ndarray]]:
+    """Merge the tensor-parallel shards of `state` (collective: every TP rank must call it).
+
+    Returns the full state on TP rank 0, None elsewhere.
+    """
+    ctx = parallel_context()
+    out = {}
+    for name, tensor in state.items():
+        axis = tp_axis(name, len(tensor.shape))
+        if ctx.tp_degree > 1 and axis is not None:
+            parts = []
+            dist.all_gather(parts, tensor.detach(), group=ctx.tp_group)
+            value = np.concatenate([p.numpy() for p in parts[: ctx.tp_degree]], axis=axis)
+        else:
+            value = tensor.detach().numpy()
+        out[name] = value
+    return out if ctx.tp_rank == 0 else None
+
+
+def save_weights(state: Dict[str, np.ndarray], path: str) -> None:
+    write_file_atomic(path, lambda tmp: paddle.save({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp))
+
+
+def save_checkpoint(model, directory: str, config: BloomConfig, tokenizer_dir: Optional[str] = None, merge: bool = True, extra: Optional[Callable[[str], None]] = None) -> None:
+    """Write the model to `directory` atomically (collective under TP).
+
+    merge=True writes one ordinary checkpoint; merge=False one shard per TP rank.
+    `extra(tmp_dir)` may add files (optimizer state, adapter configs) before the rename.
+    """
+    ctx = parallel_context()
+    state = {k: v for k, v in model.state_dict().items()}
+    if merge or ctx.tp_degree == 1:
+        full = gather_full_state(state)
+        shards = None
+    else:
+        full = None
+        gathered = []
+        dist.all_gather_object(gathered, {k: v.numpy() for k, v in state.items()}, group=ctx.tp_group)
+        shards = gathered[: ctx.tp_degree]
+    if not ctx.is_main:
+        _barrier()
+        return
+    with atomic_directory(directory) as tmp:
+        saved = BloomConfig(**{**config.__dict__})
+        if full is not None:
+            saved.tensor_parallel_degree = 1
+            save_weights(full, os.path.join(tmp, WEIGHTS))
+        else:
+            saved.tensor_parallel_degree = ctx.tp_degree
+            for rank, shard in enumerate(shards):
+                save_weights(shard, os.path.join(tmp, shard_name(rank)))
+        saved.save(tmp)
+        if tokenizer_dir:
+            copy_tokenizer(tokenizer_dir, tmp)
+        if extra is not None:
+            extra(tmp)
+    _barrier()
+
+
+def _barrier() -> None:
+    if dist.get_world_size() > 1:
+        dist.barrier()

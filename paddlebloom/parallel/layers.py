@@ -1,0 +1,100 @@
+"""Tensor-parallel layers (Megatron layout) that are plain layers at tensor_parallel_degree 1.
+
+Parameter names and shapes follow PaddleNLP (`weight` is [in, out], shards are contiguous
+slices: column-parallel along the last axis, row-parallel and the vocabulary along axis 0), so a
+shard written here is the shard PaddleNLP writes and vice versa.
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..runtime import parallel_context
+from .collectives import copy_to_tp, max_over_tp, reduce_from_tp
+
+
+def _divide(n: int, parts: int, what: str) -> int:
+    if n % parts:
+        raise ValueError(f"{what}={n} is not divisible by tensor_parallel_degree={parts}")
+    return n // parts
+
+
+def _normal(std: float):
+    return paddle.ParamAttr(initializer=nn.initializer.Normal(mean=0.0, std=std))
+
+
+_ZERO = paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
+
+
+class ColumnParallelLinear(nn.Layer):
+    """y = x W + b with W's output columns split over ranks; the output stays split."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.02):
+        super().__init__()
+        tp = parallel_context().tp_degree
+        self.out_per_rank = _divide(out_features, tp, "output features")
+        self.weight = self.create_parameter([in_features, self.out_per_rank], attr=_normal(std))
+        self.bias = self.create_parameter([self.out_per_rank], attr=_ZERO, is_bias=True)
+
+    def forward(self, x):
+        return F.linear(copy_to_tp(x), self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Layer):
+    """y = x W + b with W's input rows split over ranks; the input arrives split, the output is summed."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.02):
+        super().__init__()
+        tp = parallel_context().tp_degree
+        self.weight = self.create_parameter([_divide(in_features, tp, "input features"), out_features], attr=_normal(std))
+        self.bias = self.create_parameter([out_features], attr=_ZERO, is_bias=True)
+
+    def forward(self, x):
+        return reduce_from_tp(paddle.matmul(x, self.weight)) + self.bias
+
+
+class VocabParallelEmbedding(nn.Layer):
+    """Embedding whose vocabulary rows are split over ranks; doubles as the tied LM head."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, std: float = 0.02):
+        super().__init__()
+        ctx = parallel_context()
+        self.vocab_size = vocab_size
+        self.rows = _divide(vocab_size, ctx.tp_degree, "vocab_size")
+        self.start = ctx.tp_rank * self.rows
+        self.weight = self.create_parameter([self.rows, hidden_size], attr=_normal(std))
+
+    def forward(self, ids):
+        if parallel_context().tp_degree == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.start
+        mine = (local >= 0) & (local < self.rows)
+        rows = F.embedding(paddle.where(mine, local, paddle.zeros_like(local)), self.weight)
+        return reduce_from_tp(rows * mine.unsqueeze(-1).astype(rows.dtype))
+
+    def logits(self, hidden):
+        """This rank's slice of the vocabulary logits: [..., vocab_size / tp]."""
+        return paddle.matmul(copy_to_tp(hidden), self.weight, transpose_y=True)
+
+
+def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float = 0.0, ignore_index: int = -100):
+    """Mean token loss from vocabulary-split logits without gathering them.
+
+    loss_t = (1 - eps) * (-log p[y_t]) + eps * mean_v(-log p[v])   (the usual label smoothing, as in
+    torch.nn.CrossEntropyLoss(label_smoothing=eps)); positions whose label is ignore_index do not count.
+    Returns (mean loss, number of counted tokens).
+    """
+    logits = local_logits.astype("float32").reshape([-1, local_logits.shape[-1]])
+    labels = labels.reshape([-1])
+    shifted = logits - max_over_tp(logits.max(axis=-1, keepdim=True).detach())
+    log_z = paddle.log(reduce_from_tp(paddle.exp(shifted).sum(axis=-1)))
+    local = labels - vocab_start
+    mine = (local >= 0) & (local < logits.shape[-1])
+    safe = paddle.where(mine, local, paddle.zeros_like(local)).unsqueeze(-1)
+    picked = paddle.take_along_axis(shifted, safe, axis=-1).squeeze(-1) * mine.astype("float32")
+    nll = log_z - reduce_from_tp(picked)
+    if label_smoothing > 0:
+        mean_logit = reduce_from_tp(shifted.sum(axis=-1)) / vocab_size
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - mean_logit)
+    counted = (labels != ignore_index).astype("float32")
+    n_tokens = counted.sum()
+    return (nll * counted).sum() / paddle.clip(n_tokens, min=1.0), n_tokens

@@ -1,0 +1,55 @@
+"""Shared test fixtures: tiny checkpoints built on the spot, subprocess and launcher helpers."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+sys.path.insert(0, ROOT)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("GLOG_minloglevel", "2")
+    return env
+
+
+def run_py(args, check=True, timeout=600, **kw):
+    """Run `python ARGS` in the repo; return the CompletedProcess (text)."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def launch(args, log_dir, nproc=2, check=True, timeout=600):
+    """Run ARGS under `python -m paddle.distributed.launch --nproc_per_node NPROC` (gloo on CPU)."""
+    cmd = ["-m", "paddle.distributed.launch", "--log_dir", str(log_dir), "--nproc_per_node", str(nproc), *args]
+    proc = run_py(cmd, check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        logs = ""
+        for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+            with open(os.path.join(log_dir, name), errors="replace") as f:
+                logs += f"--- {name}\n" + f.read()[-3000:]
+        raise AssertionError(f"launch {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-2000:]}\n{logs}")
+    return proc
+
+
+def shared_file(*parts):
+    """A file from ../shared/data: CI always has it (fail there), a developer may not (skip)."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{path} is missing on CI")
+        pytest.skip(f"{path} not present on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from paddlebloom.create_tiny import create_tiny
+
+    return create_tiny(str(tmp_path_factory.mktemp("ckpt") / "tiny"), seed=0)
