@@ -1,0 +1,16 @@
+"""Fine-tune BLOOM (full, tensor-parallel, LoRA, prefix).
+
+    python finetune/finetune_generation.py --model_name_or_path DIR --train_file data.json --output_dir out
+    python -m paddle.distributed.launch --nproc_per_node 2 finetune/finetune_generation.py ... --tensor_parallel_degree 2
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from paddlebloom.cli import run_main  # noqa: E402
+from paddlebloom.training.arguments import parse_args  # noqa: E402
+from paddlebloom.training.trainer import run  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(run_main("finetune_generation.py", lambda: run(parse_args())))

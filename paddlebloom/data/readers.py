@@ -1,0 +1,67 @@
+"""Read records from JSON lines, a JSON array, or plain text, with file:line in every error."""
+import json
+import os
+from typing import Iterator, Tuple
+
+
+class DataError(ValueError):
+    """Bad input data; the message starts with `file:line:`."""
+
+
+def _iter_json_array(path: str, text: str) -> Iterator[Tuple[int, dict]]:
+    # Decode element by element (instead of json.load) so each record keeps its line number.
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text):
+            raise DataError(f"{path}:{text.count(chr(10), 0, pos) + 1}: JSON array is not closed")
+        if text[pos] == "]":
+            return
+        line = text.count("\n", 0, pos) + 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        yield line, value
+
+
+def iter_records(path: str) -> Iterator[Tuple[int, dict]]:
+    """Yield (line_number, record). `.txt` files give one {"text": line} per non-empty line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}:0: file not found")
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip("\ufeff")
+    if not head.strip():
+        raise DataError(f"{path}:1: empty file")
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield n, {"text": line.rstrip("\n")}
+        return
+    if head.lstrip().startswith("["):
+        with open(path, encoding="utf-8") as f:
+            text = f.read().lstrip("\ufeff")
+        for n, value in _iter_json_array(path, text):
+            if not isinstance(value, dict):
+                raise DataError(f"{path}:{n}: record is {type(value).__name__}, expected a JSON object")
+            yield n, value
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path}:{n}: record is {type(value).__name__}, expected a JSON object")
+            yield n, value
+
+
+def read_records(path: str):
+    """All records of a file (small files: tokenizer corpora)."""
+    return [record for _, record in iter_records(path)]

@@ -1,0 +1,69 @@
+"""One way every script turns `--model_name_or_path [--lora_path] [--prefix_path]` into a model.
+
+A local directory is read as it is. Any other name (e.g. `bigscience/bloom-560m`) is fetched
+through PaddleNLP's downloader into its cache first; machines without a hub get a one-line error.
+"""
+import os
+from typing import Optional, Tuple
+
+import paddle
+
+from .checkpoint import load_into
+from .config import BloomConfig
+from .model import BloomForCausalLM
+from .runtime import parallel_context
+from .tokenizer import BloomTokenizer
+
+HUB_FILES = ("config.json", "model_state.pdparams", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+def resolve_model_dir(name_or_path: str) -> str:
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{name_or_path}: model directory not found")
+    try:
+        from paddlenlp.utils.download import resolve_file_path
+
+        found = [resolve_file_path(name_or_path, [f]) for f in HUB_FILES]
+    except Exception as e:  # the downloader raises many types; all mean "not available here"
+        raise FileNotFoundError(f"{name_or_path}: not a local directory, and downloading it failed ({type(e).__name__}: {e})") from None
+    if not found[0]:
+        raise FileNotFoundError(f"{name_or_path}: not a local directory, and no hub has it")
+    return os.path.dirname(found[0])
+
+
+def load_tokenizer(name_or_path: str) -> BloomTokenizer:
+    return BloomTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+
+
+def load_model(
+    name_or_path: str,
+    lora_path: Optional[str] = None,
+    prefix_path: Optional[str] = None,
+    merge_lora: bool = True,
+    dtype: str = "float32",
+) -> Tuple[BloomForCausalLM, BloomTokenizer, BloomConfig]:
+    """The model for the running tensor-parallel degree, adapters applied, in eval mode.
+
+    With `merge_lora` the LoRA weights are folded into the base weights (W + A B * alpha / r), so
+    the result is an ordinary BloomForCausalLM. A prefix adapter wraps the model: calls then take
+    the same arguments and the prefix is prepended to the cache and the attention mask.
+    """
+    directory = resolve_model_dir(name_or_path)
+    config = BloomConfig.load(directory)
+    config.validate_tensor_parallel(parallel_context().tp_degree)
+    model = BloomForCausalLM(config)
+    load_into(model, directory)
+    if lora_path:
+        from .lora.model import load_lora
+
+        model = load_lora(model, lora_path, merge=merge_lora)
+    if prefix_path:
+        from .prefix.model import load_prefix
+
+        model = load_prefix(model, prefix_path)
+    if dtype != "float32":
+        model.to(dtype=dtype)
+    model.eval()
+    return model, BloomTokenizer.from_pretrained(directory), config

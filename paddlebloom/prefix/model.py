@@ -1,0 +1,99 @@
+"""Prefix tuning for BLOOM: learned key/value vectors prepended to every layer's attention.
+
+The encoder maps prefix positions to [2 * n_layer, n_head, head_dim] per position (PaddleNLP's
+layout: the first n_layer entries are keys, the rest values). Under tensor parallelism each
+rank attends with its own heads, so it takes its head slice of the prefix; the encoder itself is
+replicated and its gradient summed over ranks. PaddleNLP instead splits the flat vector, which
+mixes layers and heads (STACK.md defect 5: different loss at TP=2, wrong merged shapes).
+"""
+import os
+
+import paddle
+import paddle.nn as nn
+
+from ..adapter_files import load_config, read_weights, save_config
+from ..checkpoint import atomic_directory, save_weights
+from ..parallel.collectives import copy_to_tp
+from ..runtime import parallel_context
+from .config import PREFIX_CONFIG, PREFIX_WEIGHTS, PrefixConfig
+
+
+class PrefixModel(nn.Layer):
+    """Wraps a BloomForCausalLM; called with the same arguments as the model it wraps.
+
+    The caller's attention_mask covers the caller's tokens only; the prefix's positions are
+    prepended to it here, and to the cache on the first call.
+    """
+
+    def __init__(self, model: nn.Layer, config: PrefixConfig):
+        super().__init__()
+        base = model.config
+        config.num_hidden_layers, config.num_attention_heads, config.hidden_size = base.n_layer, base.n_head, base.hidden_size
+        self.model, self.prefix_config, self.config = model, config, base
+        width = 2 * base.n_layer * base.hidden_size
+        if config.prefix_projection:
+            self.prefix_encoder = nn.Sequential(
+                nn.Embedding(config.num_prefix_tokens, base.hidden_size),
+                nn.Linear(base.hidden_size, config.prefix_projection_hidden_size),
+                nn.Tanh(),
+                nn.Linear(config.prefix_projection_hidden_size, width),
+            )
+        else:
+            self.prefix_encoder = nn.Sequential(nn.Embedding(config.num_prefix_tokens, width))
+        self.prefix_dropout = nn.Dropout(config.prefix_dropout)
+        for param in self.model.parameters():
+            param.stop_gradient = True
+
+    def prefix_past_key_values(self, batch_size: int):
+        """Per layer (key, value), each [batch, local_heads, num_prefix_tokens, head_dim]."""
+        ctx, cfg = parallel_context(), self.config
+        n_tokens = self.prefix_config.num_prefix_tokens
+        flat = self.prefix_dropout(self.prefix_encoder(paddle.arange(n_tokens, dtype="int64")))
+        per_head = copy_to_tp(flat).reshape([n_tokens, 2 * cfg.n_layer, cfg.n_head, cfg.head_dim])
+        heads = cfg.n_head // ctx.tp_degree
+        mine = per_head[:, :, ctx.tp_rank * heads : (ctx.tp_rank + 1) * heads]
+        mine = mine.transpose([1, 2, 0, 3]).unsqueeze(1).expand([2 * cfg.n_layer, batch_size, heads, n_tokens, cfg.head_dim])
+        return [(mine[i], mine[cfg.n_layer + i]) for i in range(cfg.n_layer)]
+
+    def forward(self, input_ids, attention_mask=None, labels=None, past_key_values=None, use_cache=False, **kwargs):
+        b, s = input_ids.shape
+        n_prefix = self.prefix_config.num_prefix_tokens
+        if past_key_values is None:
+            past_key_values = self.prefix_past_key_values(b)
+        if attention_mask is None:
+            attention_mask = paddle.ones([b, past_key_values[0][0].shape[2] - n_prefix + s], dtype="int64")
+        full_mask = paddle.concat([paddle.ones([b, n_prefix], dtype=attention_mask.dtype), attention_mask], axis=1)
+        return self.model(input_ids, attention_mask=full_mask, labels=labels, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+
+    def set_recompute(self, enabled: bool) -> None:
+        self.model.set_recompute(enabled)
+
+
+def prefix_state(model: PrefixModel):
+    return {k: v for k, v in model.state_dict().items() if k.startswith("prefix_encoder.")}
+
+
+def save_prefix(model: PrefixModel, directory: str, extra=None) -> None:
+    """Write the adapter; its weights are replicated, so the main rank alone writes."""
+    if parallel_context().is_main:
+        with atomic_directory(directory) as tmp:
+            save_weights({k: v.numpy() for k, v in prefix_state(model).items()}, os.path.join(tmp, PREFIX_WEIGHTS))
+            save_config(PrefixConfig(**{**model.prefix_config.__dict__, "tensor_parallel_degree": 1}), os.path.join(tmp, PREFIX_CONFIG))
+            if extra is not None:
+                extra(tmp)
+    if paddle.distributed.get_world_size() > 1:
+        paddle.distributed.barrier()
+
+
+def load_prefix(model: nn.Layer, directory: str) -> PrefixModel:
+    wrapped = PrefixModel(model, load_config(PrefixConfig, os.path.join(directory, PREFIX_CONFIG)))
+    set_prefix_weights(wrapped, directory)
+    return wrapped
+
+
+def set_prefix_weights(model: PrefixModel, directory: str) -> None:
+    state = read_weights(os.path.join(directory, PREFIX_WEIGHTS))
+    for name, param in prefix_state(model).items():
+        if name not in state or tuple(state[name].shape) != tuple(param.shape):
+            raise ValueError(f"{directory}: prefix weight {name} missing or of another shape; check --num_prefix_tokens/--prefix_projection")
+        param.set_value(state[name])

@@ -1,0 +1,195 @@
+"""The fine-tuning run: data → model (+ adapter) → optimizer steps → checkpoints → report.
+
+Everything that can be wrong with the input (flags, data, model directory, parallel layout) is
+checked before the output directory is touched, so a failed start leaves nothing behind.
+"""
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from tqdm import tqdm
+
+from ..checkpoint import load_into, save_checkpoint
+from ..config import BloomConfig
+from ..data.dataset import BatchPlan, collate, load_examples
+from ..data.formats import get_template
+from ..loading import resolve_model_dir
+from ..model import BloomForCausalLM
+from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
+from ..tokenizer import BloomTokenizer
+from .optim import autocast, average_gradients_over_data_parallel, build_optimizer, check_precision, clip_gradients, grad_scaler
+from .report import plot_loss_curve, write_metrics
+from .state import TrainedPart, newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
+
+
+def log(message: str) -> None:
+    if parallel_context().is_main:
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def build_model(args, config: BloomConfig, model_dir: str):
+    """The model with what this run trains attached; returns (model, kind)."""
+    model = BloomForCausalLM(config)
+    load_into(model, model_dir)
+    kind = "full"
+    if args.lora:
+        from ..lora.config import LoRAConfig
+        from ..lora.model import apply_lora, load_lora
+
+        kind = "lora"
+        if args.lora_path:
+            model = load_lora(model, args.lora_path, merge=False)
+        else:
+            lora = LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                              target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
+                              merge_weights=args.merge_weights, base_model_name_or_path=args.model_name_or_path)
+            model = apply_lora(model, lora)
+    elif args.prefix:
+        from ..prefix.config import PrefixConfig
+        from ..prefix.model import PrefixModel, load_prefix
+
+        kind = "prefix"
+        if args.prefix_path:
+            model = load_prefix(model, args.prefix_path)
+        else:
+            model = PrefixModel(model, PrefixConfig(num_prefix_tokens=args.num_prefix_tokens, prefix_projection=args.prefix_projection,
+                                                    prefix_projection_hidden_size=args.prefix_projection_hidden_size,
+                                                    base_model_name_or_path=args.model_name_or_path))
+    model.set_recompute(args.recompute)
+    return model, kind
+
+
+def evaluate(model, examples, batch_size: int, pad_token_id: int) -> dict:
+    """Mean token NLL (no label smoothing) and perplexity over the examples."""
+    model.eval()
+    total, count = 0.0, 0.0
+    with paddle.no_grad():
+        for start in range(0, len(examples), batch_size):
+            ids, mask, labels = (paddle.to_tensor(a) for a in collate(examples[start : start + batch_size], pad_token_id))
+            out = model(ids, attention_mask=mask, labels=labels, return_logits=False)
+            total += float(out.loss) * float(out.n_tokens)
+            count += float(out.n_tokens)
+    model.train()
+    loss = total / max(count, 1.0)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
+
+
+def _mean_over_data_parallel(value: float) -> float:
+    ctx = parallel_context()
+    if ctx.dp_degree == 1:
+        return value
+    t = paddle.to_tensor([value], dtype="float32")
+    dist.all_reduce(t, group=ctx.dp_group)
+    return float(t) / ctx.dp_degree
+
+
+def _save_final(trained: TrainedPart, output_dir: str) -> None:
+    """Write the final model into output_dir beside its checkpoints, file by file atomically."""
+    staging = os.path.join(output_dir, ".final.tmp-run")
+    trained.save(staging)
+    if parallel_context().is_main:
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run(args) -> dict:
+    quiet()
+    use_all_cores()
+    ctx = init_parallel(args.tensor_parallel_degree)
+    check_precision(args)
+    model_dir = resolve_model_dir(args.model_name_or_path)
+    config = BloomConfig.load(model_dir)
+    config.validate_tensor_parallel(ctx.tp_degree)
+    tokenizer = BloomTokenizer.from_pretrained(model_dir)
+    template = get_template(args.template)
+    show = ctx.is_main and not args.disable_tqdm
+    load = lambda files: load_examples(files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show)
+    train_set = load(args.train_file) if args.do_train else []
+    eval_set = load(args.validation_file) if args.validation_file else []
+
+    paddle.seed(args.seed)
+    model, kind = build_model(args, config, model_dir)
+    trained = TrainedPart(kind, model, config, model_dir, merge=not args.save_shards)
+    metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": []}
+    if args.do_train:
+        metrics.update(train(args, model, trained, train_set, eval_set, tokenizer.pad_token_id))
+    if args.do_eval:
+        metrics["final_eval"] = evaluate(model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id)
+        log(f"eval loss {metrics['final_eval']['eval_loss']:.4f} ppl {metrics['final_eval']['eval_ppl']:.2f}")
+    if ctx.is_main:
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_metrics(args.output_dir, metrics)
+        if metrics["train_history"]:
+            plot_loss_curve(args.output_dir, metrics["train_history"], metrics["eval_history"], f"{kind} fine-tuning, TP={ctx.tp_degree}")
+    return metrics
+
+
+def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: int) -> dict:
+    ctx = parallel_context()
+    plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.dp_degree, ctx.dp_rank, args.seed)
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
+    optimizer, schedule, named = build_optimizer(model, args, total_steps)
+    scaler = grad_scaler(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    remove_stale_temporaries(args.output_dir)
+    resume = args.resume_from_checkpoint or (None if args.overwrite_output_dir else newest_checkpoint(args.output_dir))
+    history, eval_history, start = [], [], 0
+    if resume:
+        state = restore_training_checkpoint(trained, optimizer, resume)
+        start, history, eval_history = state["global_step"], state["train_history"], state["eval_history"]
+        schedule.step(start)
+        log(f"resumed from {resume} at step {start}")
+    model.train()
+    bar = tqdm(total=total_steps, initial=start, desc=f"{trained.kind} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
+    for step in range(start, total_steps):
+        paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
+        losses = []
+        for indices in plan.micro_batches(step):
+            ids, mask, labels = (paddle.to_tensor(a) for a in collate([train_set[i] for i in indices], pad_token_id))
+            with autocast(args):
+                out = model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False)
+            loss = out.loss / args.gradient_accumulation_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+            losses.append(float(out.loss))
+        average_gradients_over_data_parallel(named)
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = clip_gradients(named, args.max_grad_norm)
+        lr = optimizer.get_lr()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.clear_grad()
+        schedule.step()
+        record = {"step": step + 1, "loss": _mean_over_data_parallel(float(np.mean(losses))), "lr": lr, "grad_norm": norm}
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if (step + 1) % max(1, args.logging_steps) == 0 or step == start:
+            log(f"step {step + 1}/{total_steps} loss {record['loss']:.6f} lr {lr:.3e} grad_norm {norm:.4f}")
+        if eval_set and args.eval_steps and (step + 1) % args.eval_steps == 0:
+            result = evaluate(model, eval_set, args.per_device_eval_batch_size, pad_token_id)
+            eval_history.append({"step": step + 1, **result})
+            log(f"step {step + 1} eval loss {result['eval_loss']:.4f} ppl {result['eval_ppl']:.2f}")
+        if args.save_steps and (step + 1) % args.save_steps == 0 and step + 1 < total_steps:
+            state = {"train_history": history, "eval_history": eval_history, "seed": args.seed}
+            path = save_training_checkpoint(trained, optimizer, args.output_dir, step + 1, state, args.save_total_limit)
+            log(f"saved {path}")
+    bar.close()
+    _save_final(trained, args.output_dir)
+    if trained.kind == "lora" and args.merge_weights:
+        from ..lora.model import merge_lora
+
+        save_checkpoint(merge_lora(model), os.path.join(args.output_dir, "merged_model"), trained.config, trained.tokenizer_dir)
+    first, last = (history[0]["loss"], history[-1]["loss"]) if history else (None, None)
+    log(f"done: {len(history)} steps, loss {first} -> {last}; model in {args.output_dir}")
+    return {"train_history": history, "eval_history": eval_history, "total_steps": total_steps}
