@@ -50,6 +50,15 @@ def split_for_rank(state: Dict[str, np.ndarray], degree: int, rank: int) -> Dict
     return out
 
 
+def assign_full_values(named_params, full: Dict[str, np.ndarray]) -> None:
+    """Set parameters from full-size arrays, each rank taking its shard: same values at any TP degree."""
+    ctx = parallel_context()
+    mine = split_for_rank(full, ctx.tp_degree, ctx.tp_rank)
+    for name, param in named_params:
+        if name in mine:
+            param.set_value(mine[name].astype(np.float32))
+
+
 def merge_shards(shards) -> Dict[str, np.ndarray]:
     merged = {}
     for name, first in shards[0].items():

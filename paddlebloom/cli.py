@@ -14,7 +14,8 @@ def run_main(program: str, body) -> int:
     except USER_ERRORS as e:
         if os.environ.get("PADDLEBLOOM_TRACEBACK"):
             traceback.print_exc()
-        message = str(e).strip().strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
+        message = str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
         print(f"{program}: error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -118,6 +118,12 @@ class BloomBlock(nn.Layer):
         return x, present
 
 
+def _hidden_only(block, x, bias, past_key, past_value):
+    # Tensors as separate arguments: recompute propagates gradients only to tensor arguments
+    # (a prefix's cache must get its gradient).
+    return block(x, bias, None if past_key is None else (past_key, past_value))[0]
+
+
 class BloomModel(nn.Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
@@ -142,8 +148,10 @@ class BloomModel(nn.Layer):
         presents = []
         for i, block in enumerate(self.h):
             layer_past = None if past_key_values is None else past_key_values[i]
-            if self.recompute and self.training and layer_past is None:
-                x, present = checkpointed(block, x, bias)
+            if self.recompute and self.training and not use_cache:
+                # Recompute sees one tensor in and out: nested (k, v) outputs crash its PyLayer.
+                past = (None, None) if layer_past is None else layer_past
+                x, present = checkpointed(_hidden_only, block, x, bias, *past), None
             else:
                 x, present = block(x, bias, layer_past)
             presents.append(present)

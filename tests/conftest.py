@@ -53,3 +53,21 @@ def tiny_dir(tmp_path_factory):
     from paddlebloom.create_tiny import create_tiny
 
     return create_tiny(str(tmp_path_factory.mktemp("ckpt") / "tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_dir, tmp_path_factory):
+    """The tiny model after a short pre-training on the generated corpus: weights that matter,
+    so adapters and prefixes visibly change its outputs (a random tiny model barely reacts)."""
+    from paddlebloom import corpus
+    from paddlebloom.training.arguments import parse_args
+    from paddlebloom.training.trainer import run
+
+    base = tmp_path_factory.mktemp("trained")
+    text = base / "corpus.txt"
+    text.write_text("\n".join(corpus.sentences(3000, seed=1)) + "\n", encoding="utf-8")
+    out = base / "model"
+    run(parse_args(["--model_name_or_path", tiny_dir, "--train_file", str(text), "--output_dir", str(out), "--src_length", "24",
+                    "--tgt_length", "24", "--per_device_train_batch_size", "16", "--max_steps", "80", "--learning_rate", "5e-3",
+                    "--lr_scheduler_type", "constant", "--save_steps", "0", "--logging_steps", "1000", "--disable_tqdm", "--seed", "1"]))
+    return str(out)

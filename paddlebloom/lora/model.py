@@ -10,14 +10,18 @@ import numpy as np
 import paddle
 
 from ..adapter_files import load_config, read_weights, save_config
-from ..checkpoint import atomic_directory, gather_full_state, save_weights, split_for_rank
+from ..checkpoint import assign_full_values, atomic_directory, gather_full_state, save_weights, split_for_rank, tp_axis
 from ..runtime import parallel_context
 from .config import LORA_CONFIG, LORA_WEIGHTS, LoRAConfig
 from .layer import LoRALinear
 
 
-def apply_lora(model: paddle.nn.Layer, config: LoRAConfig) -> paddle.nn.Layer:
-    """Wrap every matching linear layer and freeze everything except the LoRA weights."""
+def apply_lora(model: paddle.nn.Layer, config: LoRAConfig, seed: int = 0) -> paddle.nn.Layer:
+    """Wrap every matching linear layer and freeze everything except the LoRA weights.
+
+    A is drawn Kaiming-uniform (as peft) at full size from a seeded NumPy generator and then
+    split, so a run starts from the same adapter at every tensor-parallel degree; B starts at 0.
+    """
     targets = [(name, layer) for name, layer in model.named_sublayers() if name.split(".")[-1] in ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h") and config.matches(name)]
     if not targets:
         raise ValueError(f"--lora_target_modules {config.target_modules} matches no layer of the model")
@@ -25,6 +29,15 @@ def apply_lora(model: paddle.nn.Layer, config: LoRAConfig) -> paddle.nn.Layer:
         parent_name, _, attr = name.rpartition(".")
         parent = model if not parent_name else dict(model.named_sublayers())[parent_name]
         setattr(parent, attr, LoRALinear(layer, config.r, config.lora_alpha, config.lora_dropout))
+    rng = np.random.RandomState(seed)
+    full = {}
+    for name, param in sorted(lora_state(model).items()):
+        if name.endswith("lora_A"):
+            base_in = dict(model.named_parameters())[name[: -len("lora_A")] + "weight"]
+            fan_in = base_in.shape[0] * (parallel_context().tp_degree if tp_axis(name, 2) == 0 else 1)
+            bound = 1.0 / np.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)): sqrt(6 / ((1 + 5) * fan_in))
+            full[name] = rng.uniform(-bound, bound, size=(fan_in, config.r))
+    assign_full_values(model.named_parameters(), full)
     for name, param in model.named_parameters():
         param.stop_gradient = not (name.endswith("lora_A") or name.endswith("lora_B"))
     model.lora_config = config

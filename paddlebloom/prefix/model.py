@@ -8,6 +8,7 @@ mixes layers and heads (STACK.md defect 5: different loss at TP=2, wrong merged 
 """
 import os
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -25,7 +26,7 @@ class PrefixModel(nn.Layer):
     prepended to it here, and to the cache on the first call.
     """
 
-    def __init__(self, model: nn.Layer, config: PrefixConfig):
+    def __init__(self, model: nn.Layer, config: PrefixConfig, seed: int = 0):
         super().__init__()
         base = model.config
         config.num_hidden_layers, config.num_attention_heads, config.hidden_size = base.n_layer, base.n_head, base.hidden_size
@@ -41,6 +42,15 @@ class PrefixModel(nn.Layer):
         else:
             self.prefix_encoder = nn.Sequential(nn.Embedding(config.num_prefix_tokens, width))
         self.prefix_dropout = nn.Dropout(config.prefix_dropout)
+        # Xavier-uniform weights, zero biases, from a seeded NumPy generator: the same prefix
+        # at every tensor-parallel degree (the encoder is replicated, never split).
+        rng = np.random.RandomState(seed)
+        for _, param in sorted(self.prefix_encoder.named_parameters()):
+            if len(param.shape) == 2:
+                bound = np.sqrt(6.0 / (param.shape[0] + param.shape[1]))
+                param.set_value(rng.uniform(-bound, bound, size=param.shape).astype(np.float32))
+            else:
+                param.set_value(np.zeros(param.shape, dtype=np.float32))
         for param in self.model.parameters():
             param.stop_gradient = True
 

@@ -76,7 +76,8 @@ def clip_gradients(named_params, max_norm: float) -> float:
     return norm
 
 
-def average_gradients_over_data_parallel(named_params) -> None:
+def sum_gradients_over_data_parallel(named_params) -> None:
+    """Data-parallel ranks hold gradients of their share of the step's (globally normalised) loss."""
     ctx = parallel_context()
     if ctx.dp_degree == 1:
         return
@@ -84,7 +85,6 @@ def average_gradients_over_data_parallel(named_params) -> None:
         for _, p in named_params:
             if p.grad is not None:
                 dist.all_reduce(p.grad, group=ctx.dp_group)
-                p.grad.scale_(1.0 / ctx.dp_degree)
 
 
 def check_precision(args) -> None:

@@ -7,9 +7,7 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
@@ -22,7 +20,7 @@ from ..loading import resolve_model_dir
 from ..model import BloomForCausalLM
 from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
 from ..tokenizer import BloomTokenizer
-from .optim import autocast, average_gradients_over_data_parallel, build_optimizer, check_precision, clip_gradients, grad_scaler
+from .optim import autocast, build_optimizer, check_precision, clip_gradients, grad_scaler, sum_gradients_over_data_parallel
 from .report import plot_loss_curve, write_metrics
 from .state import TrainedPart, newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
 
@@ -49,7 +47,7 @@ def build_model(args, config: BloomConfig, model_dir: str):
             lora = LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                               target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
                               merge_weights=args.merge_weights, base_model_name_or_path=args.model_name_or_path)
-            model = apply_lora(model, lora)
+            model = apply_lora(model, lora, seed=args.seed)
     elif args.prefix:
         from ..prefix.config import PrefixConfig
         from ..prefix.model import PrefixModel, load_prefix
@@ -60,7 +58,7 @@ def build_model(args, config: BloomConfig, model_dir: str):
         else:
             model = PrefixModel(model, PrefixConfig(num_prefix_tokens=args.num_prefix_tokens, prefix_projection=args.prefix_projection,
                                                     prefix_projection_hidden_size=args.prefix_projection_hidden_size,
-                                                    base_model_name_or_path=args.model_name_or_path))
+                                                    base_model_name_or_path=args.model_name_or_path), seed=args.seed)
     model.set_recompute(args.recompute)
     return model, kind
 
@@ -80,13 +78,13 @@ def evaluate(model, examples, batch_size: int, pad_token_id: int) -> dict:
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
-def _mean_over_data_parallel(value: float) -> float:
+def _sum_over_data_parallel(value: float) -> float:
     ctx = parallel_context()
     if ctx.dp_degree == 1:
         return value
-    t = paddle.to_tensor([value], dtype="float32")
+    t = paddle.to_tensor([value], dtype="float64")
     dist.all_reduce(t, group=ctx.dp_group)
-    return float(t) / ctx.dp_degree
+    return float(t)
 
 
 def _save_final(trained: TrainedPart, output_dir: str) -> None:
@@ -150,15 +148,19 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
     bar = tqdm(total=total_steps, initial=start, desc=f"{trained.kind} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
     for step in range(start, total_steps):
         paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
-        losses = []
-        for indices in plan.micro_batches(step):
-            ids, mask, labels = (paddle.to_tensor(a) for a in collate([train_set[i] for i in indices], pad_token_id))
+        batches = [collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
+        # Every scored token of the step weighs the same, whichever micro-batch or data-parallel
+        # rank it is in: accumulation then equals one big batch exactly.
+        step_tokens = _sum_over_data_parallel(float(sum((labels != -100).sum() for _, _, labels in batches)))
+        step_loss_sum = 0.0
+        for batch in batches:
+            ids, mask, labels = (paddle.to_tensor(a) for a in batch)
             with autocast(args):
                 out = model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False)
-            loss = out.loss / args.gradient_accumulation_steps
+            loss = out.loss * (float(out.n_tokens) / max(step_tokens, 1.0))
             (scaler.scale(loss) if scaler else loss).backward()
-            losses.append(float(out.loss))
-        average_gradients_over_data_parallel(named)
+            step_loss_sum += float(out.loss) * float(out.n_tokens)
+        sum_gradients_over_data_parallel(named)
         if scaler:
             scaler.unscale_(optimizer)
         norm = clip_gradients(named, args.max_grad_norm)
@@ -170,7 +172,7 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
             optimizer.step()
         optimizer.clear_grad()
         schedule.step()
-        record = {"step": step + 1, "loss": _mean_over_data_parallel(float(np.mean(losses))), "lr": lr, "grad_norm": norm}
+        record = {"step": step + 1, "loss": _sum_over_data_parallel(step_loss_sum) / max(step_tokens, 1.0), "lr": lr, "grad_norm": norm}
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
