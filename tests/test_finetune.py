@@ -109,7 +109,7 @@ def test_kill_at_random_step_and_resume_gives_identical_weights(tiny_dir, tmp_pa
     a, b = read_state_for_rank(str(tmp_path / "straight")), read_state_for_rank(str(tmp_path / "killed"))
     assert all(np.array_equal(a[k], b[k]) for k in a), f"killed at step {kill_at}"
     ckpts = sorted(d for d in os.listdir(tmp_path / "killed") if d.startswith("checkpoint-"))
-    assert ckpts == ["checkpoint-6", "checkpoint-9"]  # --save_total_limit 2
+    assert ckpts == ["checkpoint-12", "checkpoint-9"]  # --save_total_limit 2
 
 
 def test_label_smoothing_changes_the_loss_as_the_formula_says(trained_tiny, tmp_path):
@@ -246,3 +246,18 @@ def test_wrong_tp_degree_for_the_head_count_under_the_launcher(tmp_path):
     assert proc.returncode != 0 and not out.exists()
     log = open(tmp_path / "log" / "workerlog.0", errors="replace").read()
     assert "finetune_generation.py: error: --tensor_parallel_degree 2 does not divide the model's n_head=3" in log
+
+
+def test_tp2_shards_on_request_and_resume_at_tp2(trained_tiny, tmp_path):
+    out = tmp_path / "sharded"
+    constant = ["--lr_scheduler_type", "constant"]  # a run extended from 2 to 4 steps keeps its learning rate
+    common = [SCRIPT, *flags(trained_tiny, out, "--save_steps", "2", "--save_shards", *constant), "--tensor_parallel_degree", "2"]
+    launch([*common, "--max_steps", "2"], tmp_path / "log1")
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pdparams")) == ["model_state.tp00.pdparams", "model_state.tp01.pdparams"]
+    launch([*common, "--max_steps", "4"], tmp_path / "log2")  # continues from the newest checkpoint
+    assert "resumed from" in open(tmp_path / "log2" / "workerlog.0", errors="replace").read()
+    assert os.path.isfile(out / "checkpoint-2" / "optimizer.tp01.pdopt")
+    history = json.load(open(out / "metrics.json"))["train_history"]
+    straight = losses(finetune(trained_tiny, tmp_path / "tp1", "--max_steps", "4", *constant))
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert max(abs(h["loss"] - s) for h, s in zip(history, straight)) < 1e-4

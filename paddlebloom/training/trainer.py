@@ -182,7 +182,7 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
             result = evaluate(model, eval_set, args.per_device_eval_batch_size, pad_token_id)
             eval_history.append({"step": step + 1, **result})
             log(f"step {step + 1} eval loss {result['eval_loss']:.4f} ppl {result['eval_ppl']:.2f}")
-        if args.save_steps and (step + 1) % args.save_steps == 0 and step + 1 < total_steps:
+        if args.save_steps and (step + 1) % args.save_steps == 0:
             state = {"train_history": history, "eval_history": eval_history, "seed": args.seed}
             path = save_training_checkpoint(trained, optimizer, args.output_dir, step + 1, state, args.save_total_limit)
             log(f"saved {path}")
