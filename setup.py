@@ -11,6 +11,11 @@ setup(
     entry_points={
         "console_scripts": [
             "paddlebloom-create-tiny=paddlebloom.create_tiny:main",
+            "paddlebloom-sample=paddlebloom.tools.sample:main",
+            "paddlebloom-convert=paddlebloom.tools.convert:main",
+            "paddlebloom-pretokenize=paddlebloom.tools.pretokenize:main",
+            "paddlebloom-stats=paddlebloom.tools.stats:main",
+            "paddlebloom-prune-vocab=paddlebloom.tools.prune_vocab:main",
         ]
     },
 )

@@ -6,18 +6,17 @@ tensor-parallel rank, `model_state.tp00.pdparams` ... (config.json then says
 `tensor_parallel_degree`). Loading adapts to the running degree: a single file is split, shards
 of the same degree are read directly, shards of another degree are merged and re-split.
 """
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from .atomic import atomic_directory, write_file_atomic  # noqa: F401  (re-exported)
 from .config import BloomConfig
 from .runtime import parallel_context
 
@@ -132,49 +131,6 @@ def load_into(model: paddle.nn.Layer, directory: str, strict: bool = True) -> No
 
 
 # ---------------------------------------------------------------- writing
-
-@contextlib.contextmanager
-def atomic_directory(target: str):
-    """Yield a temporary sibling directory; on success it replaces `target` in one rename."""
-    parent = os.path.dirname(os.path.abspath(target)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".tmp-", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if os.path.exists(target):
-            old = tmp + ".old"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) and rename the result over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def copy_tokenizer(src_dir: str, dst_dir: str) -> None:
     for name in TOKENIZER_FILES:

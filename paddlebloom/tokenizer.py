@@ -4,6 +4,7 @@ Reads the real bigscience `tokenizer.json` as it is, or PaddleNLP's `vocab.json`
 (GPT-2 pre-tokenisation, which is what PaddleNLP's BloomTokenizer does). Byte-level BPE encodes
 any text, so decode(encode(s)) == s. Special tokens are BLOOM's: <unk>=0 <s>=1 </s>=2 <pad>=3.
 """
+import hashlib
 import json
 import os
 from typing import List, Sequence
@@ -39,6 +40,11 @@ class BloomTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
+
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary: what token ids stored on disk mean."""
+        vocab = sorted(self.backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def encode(self, text: str) -> List[int]:
         return self.backend.encode(text, add_special_tokens=False).ids

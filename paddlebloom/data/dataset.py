@@ -25,9 +25,10 @@ def load_examples(paths: Sequence[str], tokenizer, template: Template, src_lengt
                         f"({template_overhead(tokenizer, template)} tokens) plus a question")
     examples: List[Example] = []
     for path in paths:
-        from .pretokenized import is_pretokenized, load_pretokenized
+        from .pretokenized import check_compatible, is_pretokenized, load_pretokenized
 
         if is_pretokenized(path):
+            check_compatible(path, tokenizer, template.name, src_length, tgt_length)
             examples += load_pretokenized(path)
             continue
         before = len(examples)

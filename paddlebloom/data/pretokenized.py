@@ -34,6 +34,20 @@ def write_pretokenized(examples: Sequence[Tuple[np.ndarray, np.ndarray]], direct
             json.dump({"format": MAGIC, "n_examples": len(examples), "n_tokens": int(offsets[-1]), **meta}, f, indent=2)
 
 
+def check_compatible(directory: str, tokenizer, template_name: str, src_length: int, tgt_length: int) -> None:
+    """A store is only valid for the tokenizer, template and lengths it was made with."""
+    from .readers import DataError
+
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("tokenizer") != tokenizer.fingerprint():
+        raise DataError(f"{directory}:0: tokenised with another tokenizer; re-run pretokenize with this model")
+    made = (meta.get("template"), meta.get("src_length"), meta.get("tgt_length"))
+    if made != (template_name, src_length, tgt_length):
+        raise DataError(f"{directory}:0: made with template/src_length/tgt_length {made}, this run asks for "
+                        f"{(template_name, src_length, tgt_length)}; pass the same flags or re-run pretokenize")
+
+
 def load_pretokenized(directory: str) -> List[Tuple[np.ndarray, np.ndarray]]:
     ids = np.load(os.path.join(directory, "ids.npy"), mmap_mode="r")
     labels = np.load(os.path.join(directory, "labels.npy"), mmap_mode="r")
