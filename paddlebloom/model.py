@@ -145,6 +145,10 @@ class BloomModel(nn.Layer):
             attention_mask = paddle.ones([b, past_len + s], dtype="int64")
         x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
         bias = attention_bias(attention_mask, s, self.alibi_slopes, x.dtype)
+        if self.recompute and self.training:
+            # Recompute runs a block's backward only if an input needs a gradient; with a frozen
+            # embedding (LoRA, prefix) none would, and the adapters would silently get no gradient.
+            x.stop_gradient = False
         presents = []
         for i, block in enumerate(self.h):
             layer_past = None if past_key_values is None else past_key_values[i]

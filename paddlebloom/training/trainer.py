@@ -87,6 +87,35 @@ def _sum_over_data_parallel(value: float) -> float:
     return float(t)
 
 
+def train_step(model, optimizer, named, batches, args, scaler=None):
+    """One optimizer step over micro-batches (numpy ids, mask, labels); returns (loss, grad norm, lr).
+
+    Every scored token of the step weighs the same, whichever micro-batch or data-parallel rank
+    it is in: accumulation then equals one big batch exactly.
+    """
+    step_tokens = _sum_over_data_parallel(float(sum((labels != -100).sum() for _, _, labels in batches)))
+    loss_sum = 0.0
+    for batch in batches:
+        ids, mask, labels = (paddle.to_tensor(a) for a in batch)
+        with autocast(args):
+            out = model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False)
+        loss = out.loss * (float(out.n_tokens) / max(step_tokens, 1.0))
+        (scaler.scale(loss) if scaler else loss).backward()
+        loss_sum += float(out.loss) * float(out.n_tokens)
+    sum_gradients_over_data_parallel(named)
+    if scaler:
+        scaler.unscale_(optimizer)
+    norm = clip_gradients(named, args.max_grad_norm)
+    lr = optimizer.get_lr()
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.clear_grad()
+    return _sum_over_data_parallel(loss_sum) / max(step_tokens, 1.0), norm, lr
+
+
 def _save_final(trained: TrainedPart, output_dir: str) -> None:
     """Write the final model into output_dir beside its checkpoints, file by file atomically."""
     staging = os.path.join(output_dir, ".final.tmp-run")
@@ -149,30 +178,9 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
     for step in range(start, total_steps):
         paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
         batches = [collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
-        # Every scored token of the step weighs the same, whichever micro-batch or data-parallel
-        # rank it is in: accumulation then equals one big batch exactly.
-        step_tokens = _sum_over_data_parallel(float(sum((labels != -100).sum() for _, _, labels in batches)))
-        step_loss_sum = 0.0
-        for batch in batches:
-            ids, mask, labels = (paddle.to_tensor(a) for a in batch)
-            with autocast(args):
-                out = model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False)
-            loss = out.loss * (float(out.n_tokens) / max(step_tokens, 1.0))
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss_sum += float(out.loss) * float(out.n_tokens)
-        sum_gradients_over_data_parallel(named)
-        if scaler:
-            scaler.unscale_(optimizer)
-        norm = clip_gradients(named, args.max_grad_norm)
-        lr = optimizer.get_lr()
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.clear_grad()
+        loss, norm, lr = train_step(model, optimizer, named, batches, args, scaler)
         schedule.step()
-        record = {"step": step + 1, "loss": _sum_over_data_parallel(step_loss_sum) / max(step_tokens, 1.0), "lr": lr, "grad_norm": norm}
+        record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm}
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")

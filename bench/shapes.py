@@ -1,0 +1,20 @@
+"""Benchmark shapes and the arithmetic both sides are judged by (no framework imports here)."""
+SHAPES = {
+    # name: (hidden, layers, heads, vocab, batch, seq)
+    "a": dict(hidden=512, layers=8, heads=8, vocab=32000, batch=4, seq=256),
+    "b": dict(hidden=1024, layers=24, heads=16, vocab=250880, batch=1, seq=512),  # bloom-560m
+}
+
+
+def params(shape: dict) -> int:
+    h, l, v = shape["hidden"], shape["layers"], shape["vocab"]
+    return v * h + l * (12 * h * h + 13 * h) + 4 * h  # tied LM head; LayerNorms and biases
+
+
+def train_flops_per_token(shape: dict, method: str) -> float:
+    """Matmul FLOPs of one training token: 6N (forward 2N, backward 4N) plus attention scores;
+    LoRA skips the frozen weights' gradients (backward ~2N)."""
+    n = params(shape)  # the embedding is a lookup, but the tied LM head multiplies by the same V x H matrix
+    attention = 2 * 2 * shape["layers"] * shape["seq"] * shape["hidden"]  # QK^T and PV per token, forward
+    factor = 6 if method == "full" else 4
+    return factor * n + 3 * attention

@@ -1,0 +1,1 @@
+"""Static-graph deployment: run an exported generation program with `paddle.inference` only."""

@@ -1,0 +1,93 @@
+"""python deploy/infer_generation.py --model_dir inference/ --model_prefix bloom [--data_file IN.jsonl --output_file OUT.jsonl] ...
+
+Records of any training format become prompts exactly as in training (`prompt_for_prediction`);
+without --data_file, each stdin line is one raw prompt. Each output line is the input record
+plus "prediction". Per batch we print latency and new tokens/s to stderr.
+"""
+import argparse
+import json
+import sys
+import time
+
+from ..atomic import write_file_atomic
+from ..cli import run_main
+from ..data.formats import get_template, prompt_for_prediction
+from ..data.readers import DataError, iter_records
+from ..runtime import quiet
+from ..tokenizer import BloomTokenizer
+from .predictor import PRECISIONS, STRATEGIES, GenerationPredictor, Sampling
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Generate with an exported BLOOM program (paddle.inference only).")
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--model_prefix", default="bloom")
+    p.add_argument("--data_file", help="records (.jsonl / JSON array / .txt) in any training format; default: prompts from stdin")
+    p.add_argument("--output_file", help="JSON lines out (default: stdout)")
+    p.add_argument("--template", default="belle", help="prompt template the model was trained with")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--cpu_threads", type=int, default=0, help="0: all cores")
+    p.add_argument("--enable_mkldnn", action="store_true", help="oneDNN kernels (needed for bf16)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    # Sampling: defaults come from the exported generation_config.json.
+    p.add_argument("--decode_strategy", choices=list(STRATEGIES))
+    p.add_argument("--max_new_tokens", type=int)
+    p.add_argument("--top_k", type=int)
+    p.add_argument("--top_p", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--repetition_penalty", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def read_prompts(args, template):
+    """[(line_no, record or None, prompt)] from --data_file or stdin."""
+    if not args.data_file:
+        return [(n, None, line.rstrip("\n")) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    return [(n, record, prompt_for_prediction(record, template, where=f"{args.data_file}:{n}")) for n, record in iter_records(args.data_file)]
+
+
+def run(args) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
+    template = get_template(args.template)
+    predictor = GenerationPredictor(args.model_dir, args.model_prefix, device=args.device, cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn, precision=args.precision)
+    defaults = predictor.generation_config
+    sampling = Sampling(**{k: (getattr(args, k) if getattr(args, k) is not None else defaults.get(k, getattr(Sampling, k))) for k in Sampling.__dataclass_fields__})
+    sampling.validate()
+    tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
+    items = read_prompts(args, template)  # every input error surfaces before any generation
+    encoded = [tokenizer.encode(prompt) for _, _, prompt in items]
+    for (n, _, _), ids in zip(items, encoded):
+        if not ids:
+            raise DataError(f"{args.data_file or '<stdin>'}:{n}: prompt is empty")
+    lines, total_tokens, total_time = [], 0, 0.0
+    for start in range(0, len(items), args.batch_size):
+        batch = encoded[start : start + args.batch_size]
+        began = time.perf_counter()
+        outputs = predictor.generate(batch, sampling)
+        seconds = time.perf_counter() - began
+        new = sum(len(o) for o in outputs)
+        total_tokens, total_time = total_tokens + new, total_time + seconds
+        print(f"batch {start // args.batch_size + 1}: {len(batch)} prompts, {new} new tokens, latency {seconds * 1000:.1f} ms, {new / seconds:.1f} tokens/s", file=sys.stderr)
+        for (n, record, prompt), ids in zip(items[start : start + args.batch_size], outputs):
+            text = tokenizer.decode(ids)
+            lines.append(json.dumps({**record, "prediction": text} if record is not None else {"prompt": prompt, "prediction": text}, ensure_ascii=False))
+    if total_time > 0:
+        print(f"total: {len(items)} prompts, {total_tokens} new tokens, {total_time:.2f} s, {total_tokens / total_time:.1f} tokens/s", file=sys.stderr)
+    body = "".join(line + "\n" for line in lines)
+    if args.output_file:
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(body)
+
+        write_file_atomic(args.output_file, write)
+    else:
+        sys.stdout.write(body)
+
+
+def main(argv=None) -> int:
+    quiet()
+    args = parse_args(argv)
+    return run_main("infer_generation.py", lambda: run(args))

@@ -1,0 +1,1 @@
+"""Export of the whole generation loop (prefill + KV-cached decode + sampling) as one static program."""
