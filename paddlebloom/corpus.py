@@ -37,6 +37,7 @@ def sentences(n: int, seed: int = 0) -> List[str]:
             f"{x} plus {y} equals {x + y}.",
             f"{p_en} went to {t_en} with a {a_en}. It was a good day.",
             f"The word for {c_en} in Chinese is {c_zh}.",
+            f"{a_en} in Chinese is {a_zh}. {f_en} in Chinese is {f_zh}. {t_en} in Chinese is {t_zh}.",
             f"{p_zh}有一只住在{t_zh}的{c_zh}的{a_zh}。",
             f"在{t_zh}，{p_zh}每天早上喜欢吃{f_zh}。",
             f"这只{a_zh}是{c_zh}的，它喜欢{f_zh}。",
@@ -47,30 +48,29 @@ def sentences(n: int, seed: int = 0) -> List[str]:
     return out
 
 
-def instruction_tasks(n: int, seed: int = 0) -> List[Dict[str, str]]:
-    """n Alpaca-style records from task families with exactly checkable answers."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        family = rng.randrange(6)
+TASK_FAMILIES = ("repeat", "last_word", "first_word", "add", "translate")
+
+
+def make_task(family: str, rng: random.Random) -> Dict[str, str]:
+    """One Alpaca-style record of a family; the answer is exactly checkable."""
+    words = [rng.choice(ANIMALS + COLORS + FOODS)[0] for _ in range(3)]
+    if family == "repeat":
+        return {"instruction": "Repeat the words.", "input": " ".join(words), "output": " ".join(words)}
+    if family == "last_word":
+        return {"instruction": "What is the last word?", "input": " ".join(words), "output": words[-1]}
+    if family == "first_word":
+        return {"instruction": "最前面的词是什么？", "input": " ".join(words), "output": words[0]}
+    if family == "add":
         x, y = rng.randint(0, 9), rng.randint(0, 9)
-        if family == 0:
-            en, zh = rng.choice(COLORS + ANIMALS + FOODS)
-            out.append({"instruction": "Translate into Chinese.", "input": en, "output": zh})
-        elif family == 1:
-            en, zh = rng.choice(COLORS + ANIMALS + CITIES)
-            out.append({"instruction": "翻译成英文。", "input": zh, "output": en})
-        elif family == 2:
-            out.append({"instruction": f"What is {x} plus {y}?", "input": "", "output": str(x + y)})
-        elif family == 3:
-            out.append({"instruction": f"{zh_number(x)}加{zh_number(y)}等于多少？", "input": "", "output": zh_number(x + y)})
-        elif family == 4:
-            words = [rng.choice(ANIMALS)[0] for _ in range(3)]
-            out.append({"instruction": "Reverse the order of the words.", "input": " ".join(words), "output": " ".join(reversed(words))})
-        else:
-            en, zh = rng.choice(CITIES)
-            out.append({"instruction": "Which city is this?", "input": zh, "output": en})
-    return out
+        return {"instruction": f"What is {x} plus {y}?", "input": "", "output": str(x + y)}
+    en, zh = rng.choice(COLORS + ANIMALS + FOODS + CITIES)
+    return {"instruction": "Translate into Chinese.", "input": en, "output": zh}
+
+
+def instruction_tasks(n: int, seed: int = 0, families=TASK_FAMILIES) -> List[Dict[str, str]]:
+    """n records drawn evenly from the families (the demo's instruction set and its held-out prompts)."""
+    rng = random.Random(seed)
+    return [dict(make_task(families[i % len(families)], rng), family=families[i % len(families)]) for i in range(n)]
 
 
 def iter_corpus(n: int, seed: int = 0) -> Iterator[str]:
