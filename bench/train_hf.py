@@ -2,7 +2,6 @@
 
 Runs in the bench venv (.venv-hf), never imported by the suite.
 """
-import argparse
 import json
 import os
 import statistics
@@ -14,20 +13,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import BloomConfig, BloomForCausalLM  # noqa: E402
 
-from bench.shapes import SHAPES  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]) / 1024
+from bench.common import SHAPES, peak_rss_mb, worker_args  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    p.add_argument("--method", choices=("full", "lora"), required=True)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--recompute", action="store_true")
-    a = p.parse_args()
+    a = worker_args(__doc__)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     s = SHAPES[a.shape]

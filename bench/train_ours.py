@@ -1,5 +1,4 @@
 """One benchmark run of this suite's training step (the trainer's own train_step)."""
-import argparse
 import json
 import os
 import statistics
@@ -10,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from bench.shapes import SHAPES  # noqa: E402
+from bench.common import SHAPES, peak_rss_mb, worker_args  # noqa: E402
 from paddlebloom.config import BloomConfig  # noqa: E402
 from paddlebloom.model import BloomForCausalLM  # noqa: E402
 from paddlebloom.runtime import quiet, use_all_cores  # noqa: E402
@@ -19,17 +18,8 @@ from paddlebloom.training.optim import build_optimizer  # noqa: E402
 from paddlebloom.training.trainer import train_step  # noqa: E402
 
 
-def peak_rss_mb() -> float:
-    return int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]) / 1024
-
-
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    p.add_argument("--method", choices=("full", "lora"), required=True)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--recompute", action="store_true")
-    a = p.parse_args()
+    a = worker_args(__doc__)
     quiet()
     use_all_cores()
     s = SHAPES[a.shape]

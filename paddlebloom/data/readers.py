@@ -53,6 +53,12 @@ def iter_records(path: str) -> Iterator[Tuple[int, dict]]:
                 raise DataError(f"{path}:{n}: record is {type(value).__name__}, expected a JSON object")
             yield n, value
         return
+    for n, _, value in iter_json_lines(path):
+        yield n, value
+
+
+def iter_json_lines(path: str) -> Iterator[Tuple[int, str, dict]]:
+    """(line_number, raw_line, record) of a JSON-lines file, streamed; blank lines skipped."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -63,7 +69,7 @@ def iter_records(path: str) -> Iterator[Tuple[int, dict]]:
                 raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path}:{n}: record is {type(value).__name__}, expected a JSON object")
-            yield n, value
+            yield n, line, value
 
 
 def read_records(path: str):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.readers import DataError
+from ..data.readers import iter_json_lines
 
 
 def is_single_turn(record: dict) -> bool:
@@ -28,16 +28,9 @@ def is_single_turn(record: dict) -> bool:
 
 def _single_turn_lines(path: str):
     """Yield (line_number, raw_line) of single-turn records."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if isinstance(record, dict) and is_single_turn(record):
-                yield n, line
+    for n, line, record in iter_json_lines(path):
+        if is_single_turn(record):
+            yield n, line
 
 
 def sample(input_path: str, output_path: str, ratio: float, seed: int = 0) -> dict:

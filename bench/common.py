@@ -1,4 +1,7 @@
-"""Benchmark shapes and the arithmetic both sides are judged by (no framework imports here)."""
+"""What both benchmark sides share: shapes, FLOP arithmetic, arguments, peak memory.
+
+No framework imports here: the peer's worker runs in another venv (.venv-hf)."""
+import argparse
 SHAPES = {
     # name: (hidden, layers, heads, vocab, batch, seq)
     "a": dict(hidden=512, layers=8, heads=8, vocab=32000, batch=4, seq=256),
@@ -18,3 +21,18 @@ def train_flops_per_token(shape: dict, method: str) -> float:
     attention = 2 * 2 * shape["layers"] * shape["seq"] * shape["hidden"]  # QK^T and PV per token, forward
     factor = 6 if method == "full" else 4
     return factor * n + 3 * attention
+
+
+def worker_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    p.add_argument("--method", choices=("full", "lora"), required=True)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--recompute", action="store_true")
+    return p.parse_args()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: its own, not inherited from a forking parent)."""
+    with open("/proc/self/status") as f:
+        return int([line.split()[1] for line in f if line.startswith("VmHWM")][0]) / 1024
