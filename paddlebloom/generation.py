@@ -1,0 +1,106 @@
+"""Dynamic-graph decoding with a KV cache: left-padded batches, greedy or sampling, streaming.
+
+Works unchanged under tensor parallelism: logits are gathered to the full vocabulary on every
+rank and the random numbers come from the same seed, so all ranks choose the same tokens.
+"""
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import paddle
+
+from . import sampling
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    decode_strategy: str = "greedy_search"  # or "sampling"
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_id: int = 2
+    pad_token_id: int = 3
+    seed: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.decode_strategy not in ("greedy_search", "sampling"):
+            raise ValueError(f"--decode_strategy {self.decode_strategy!r}: choose greedy_search or sampling")
+        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.top_k < 0:
+            raise ValueError("need max_new_tokens >= 1, temperature > 0, 0 < top_p <= 1, repetition_penalty > 0, top_k >= 0")
+
+
+def left_pad(prompts_ids: Sequence[Sequence[int]], pad_token_id: int):
+    """Left-padded ids and attention mask (numpy int64): BLOOM's ALiBi needs the mask."""
+    width = max(len(p) for p in prompts_ids)
+    ids = np.full((len(prompts_ids), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(prompts_ids), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts_ids):
+        if len(prompt):
+            ids[row, width - len(prompt):], mask[row, width - len(prompt):] = prompt, 1
+    return ids, mask
+
+
+@paddle.no_grad()
+def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: GenerationConfig,
+                 stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None) -> List[List[int]]:
+    """New tokens for each prompt (EOS not included). stream_callback gets each step's tokens
+    (None for rows already finished)."""
+    config.validate()
+    if any(len(p) == 0 for p in prompts_ids):
+        raise ValueError("an empty prompt cannot be continued")
+    if config.seed is not None:
+        paddle.seed(config.seed)
+    ids, mask = (paddle.to_tensor(a) for a in left_pad(prompts_ids, config.pad_token_id))
+    batch = ids.shape[0]
+    sample = config.decode_strategy == "sampling"
+    knobs = [paddle.to_tensor(v, dtype=d) for v, d in ((int(sample), "int64"), (config.temperature, "float32"), (config.top_k, "int64"), (config.top_p, "float32"), (config.repetition_penalty, "float32"))]
+    out = model(ids, attention_mask=mask, use_cache=True, last_logits_only=True)
+    seen = sampling.seen_tokens(ids, mask, out.logits.shape[-1]) if config.repetition_penalty != 1.0 else None
+    results: List[List[int]] = [[] for _ in range(batch)]
+    finished = np.zeros(batch, dtype=bool)
+    for _ in range(config.max_new_tokens):
+        logits = out.logits[:, -1].astype("float32")
+        if sample:
+            u = paddle.rand([batch, 1], dtype="float32")
+            token = sampling.next_tokens(logits, seen if seen is not None else paddle.zeros_like(logits), *knobs, u)
+        elif seen is not None:
+            token = paddle.argmax(sampling.repetition_penalty(logits, seen, knobs[4]), axis=-1, keepdim=True)
+        else:
+            token = paddle.argmax(logits, axis=-1, keepdim=True)
+        chosen = token.numpy()[:, 0]
+        step = []
+        for row, t in enumerate(chosen):
+            if finished[row] or t == config.eos_token_id:
+                finished[row] = True
+                step.append(None)
+            else:
+                results[row].append(int(t))
+                step.append(int(t))
+        if stream_callback is not None:
+            stream_callback(step)
+        if finished.all():
+            break
+        if seen is not None:
+            seen = sampling.mark_seen(seen, token)
+        mask = paddle.concat([mask, paddle.ones([batch, 1], dtype=mask.dtype)], axis=1)
+        out = model(token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True, last_logits_only=True)
+    return results
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], src_length: Optional[int] = None) -> List[List[int]]:
+    """Token ids of each prompt; a prompt longer than src_length keeps its end (the question)."""
+    encoded = tokenizer.encode_batch(list(prompts))
+    return [ids[-src_length:] if src_length else ids for ids in encoded]
+
+
+def generate_text(model, tokenizer, prompts: Sequence[str], config: GenerationConfig, src_length: Optional[int] = None,
+                  batch_size: int = 8) -> List[str]:
+    """Decoded answers, in batches of batch_size left-padded prompts."""
+    encoded = encode_prompts(tokenizer, prompts, src_length)
+    answers: List[str] = []
+    for start in range(0, len(encoded), batch_size):
+        for ids in generate_ids(model, encoded[start:start + batch_size], config):
+            answers.append(tokenizer.decode(ids))
+    return answers
