@@ -31,7 +31,7 @@ bench: $(STAMP) $(HF_STAMP)
 	$(PY) bench/write_report.py
 	@cat BENCHMARKS.md
 
-test: $(STAMP)
+test: $(STAMP) $(HF_STAMP)
 	$(PY) -m pytest -q tests --durations=15
 
 demo: $(STAMP)

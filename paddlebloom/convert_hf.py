@@ -1,0 +1,113 @@
+"""Convert a Hugging Face BLOOM directory into this suite's (PaddleNLP-layout) checkpoint.
+
+    python -m paddlebloom.convert_hf --hf_dir bloom-560m/ --output_dir bloom-560m-paddle/
+
+Reads config.json, model.safetensors (or a sharded model.safetensors.index.json) and the
+tokenizer (tokenizer.json, or vocab.json + merges.txt). Safetensors are read directly (header +
+raw bytes), bfloat16 included, so neither torch nor a GPU is needed. Linear weights are
+transposed ([out, in] → Paddle's [in, out]); the tied lm_head is dropped.
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import sys
+from typing import Dict
+
+import numpy as np
+
+from .atomic import atomic_directory
+from .checkpoint import TOKENIZER_FILES, WEIGHTS, save_weights
+from .cli import run_main
+from .config import BloomConfig
+from .tokenizer import BloomTokenizer
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+_LINEARS = ("query_key_value.weight", "dense.weight", "dense_h_to_4h.weight", "dense_4h_to_h.weight")
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as float32/int numpy arrays (bfloat16 widened)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = data[start:end]
+        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            array = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif info["dtype"] in _DTYPES:
+            array = np.frombuffer(raw, dtype=_DTYPES[info["dtype"]])
+        else:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        out[name] = array.reshape(info["shape"])
+    return out
+
+
+def read_hf_weights(hf_dir: str) -> Dict[str, np.ndarray]:
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for name in files:
+            state.update(read_safetensors(os.path.join(hf_dir, name)))
+        return state
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.isfile(single):
+        return read_safetensors(single)
+    if any(f.endswith(".bin") for f in os.listdir(hf_dir)):
+        raise FileNotFoundError(f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., safe_serialization=True))")
+    raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def to_paddle_names(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    out = {}
+    for name, value in state.items():
+        if name.startswith("lm_head."):
+            continue  # tied to the word embeddings
+        key = "bloom." + (name[len("transformer."):] if name.startswith("transformer.") else name)
+        value = value.astype(np.float32) if value.dtype in (np.float16, np.float64) else value
+        out[key] = np.ascontiguousarray(value.T) if key.endswith(_LINEARS) else value
+    return out
+
+
+def convert(hf_dir: str, output_dir: str) -> dict:
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model directory)")
+    with open(config_path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if raw.get("model_type", "bloom") != "bloom":
+        raise ValueError(f"{config_path}: model_type {raw.get('model_type')!r} is not bloom")
+    config = BloomConfig.from_dict(raw)
+    state = to_paddle_names(read_hf_weights(hf_dir))
+    expected = config.vocab_size, config.hidden_size
+    if tuple(state["bloom.word_embeddings.weight"].shape) != expected:
+        raise ValueError(f"{hf_dir}: word embeddings {state['bloom.word_embeddings.weight'].shape} do not match config {expected}")
+    tokenizer = BloomTokenizer.from_pretrained(hf_dir)  # validates BLOOM's special tokens
+    with atomic_directory(output_dir) as tmp:
+        save_weights(state, os.path.join(tmp, WEIGHTS))
+        config.save(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:  # keep the original files where they exist (exact tokenizer.json)
+            if os.path.isfile(os.path.join(hf_dir, name)) and name != "tokenizer_config.json":
+                shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
+    return {"parameters": int(sum(v.size for v in state.values())), "layers": config.n_layer, "hidden": config.hidden_size, "vocab": config.vocab_size}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Convert a Hugging Face BLOOM directory to a paddlebloom checkpoint.")
+    p.add_argument("--hf_dir", required=True)
+    p.add_argument("--output_dir", required=True)
+    args = p.parse_args(argv)
+    return run_main("convert_hf", lambda: print(json.dumps(convert(args.hf_dir, args.output_dir))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Batch prediction and merging to one checkpoint (predict/predict_generation.py).
+
+Prediction reads records of any training format, generates from their prompts and writes them
+back with a `prediction` field (the records' own `output` stays as it was: it is the
+reference). A bad line is reported by number and skipped; the run still ends non-zero.
+Under `python -m paddle.distributed.launch --nproc_per_node N` the model runs at TP=N.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Tuple
+
+from tqdm import tqdm
+
+from .atomic import write_file_atomic
+from .checkpoint import save_checkpoint
+from .cli import run_main
+from .data.formats import FORMATS, TEMPLATES, get_template, prompt_for_prediction
+from .data.readers import DataError, iter_records
+from .generation import GenerationConfig, encode_prompts, generate_ids
+from .loading import load_model
+from .runtime import init_parallel, parallel_context, quiet, use_all_cores, world_size
+
+
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--src_length", type=int, default=1024, help="prompt tokens kept (from the end)")
+    g.add_argument("--max_new_tokens", "--tgt_length", dest="max_new_tokens", type=int, default=128)
+    g.add_argument("--decode_strategy", default="greedy_search", choices=("greedy_search", "sampling"))
+    g.add_argument("--top_k", type=int, default=0)
+    g.add_argument("--top_p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--repetition_penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--template", default="belle", choices=sorted(TEMPLATES))
+
+
+def generation_config(args, tokenizer) -> GenerationConfig:
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, decode_strategy=args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
+                              temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
+    config.validate()
+    return config
+
+
+def read_prompts(path: str, template, data_format) -> Tuple[List[Tuple[int, dict, str]], List[str]]:
+    """(line, record, prompt) of every good record, and one message per bad line."""
+    good, bad = [], []
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{n}: record is {type(record).__name__}, expected a JSON object")
+                    good.append((n, record, prompt_for_prediction(record, template, data_format, where=f"{path}:{n}")))
+                except json.JSONDecodeError as e:
+                    bad.append(f"{path}:{n}: invalid JSON ({e.msg})")
+                except DataError as e:
+                    bad.append(str(e))
+    else:
+        for n, record in iter_records(path):
+            try:
+                good.append((n, record, prompt_for_prediction(record, template, data_format, where=f"{path}:{n}")))
+            except DataError as e:
+                bad.append(str(e))
+    return good, bad
+
+
+def save_onepiece(model, config, tokenizer_dir: str, directory: str) -> None:
+    """One ordinary checkpoint (LoRA already folded in by load_model); a prefix is saved alongside."""
+    from .prefix.model import PrefixModel
+
+    base, extra = model, None
+    if isinstance(model, PrefixModel):
+        from .adapter_files import save_config
+        from .checkpoint import save_weights
+        from .prefix.config import PREFIX_CONFIG, PREFIX_WEIGHTS, PrefixConfig
+        from .prefix.model import prefix_state
+
+        base = model.model
+        weights = {k: v.numpy() for k, v in prefix_state(model).items()}
+
+        def extra(tmp):
+            save_weights(weights, os.path.join(tmp, PREFIX_WEIGHTS))
+            save_config(PrefixConfig(**{**model.prefix_config.__dict__, "tensor_parallel_degree": 1}), os.path.join(tmp, PREFIX_CONFIG))
+
+    save_checkpoint(base, directory, config, tokenizer_dir, merge=True, extra=extra)
+
+
+def predict(args) -> int:
+    quiet()
+    use_all_cores()
+    init_parallel(args.tensor_parallel_degree or world_size())
+    if not args.data_file and not args.save_onepiece_model_path:
+        raise ValueError("nothing to do: give --data_file (with --output_file) and/or --save_onepiece_model_path")
+    if args.data_file and not args.output_file:
+        raise ValueError("--data_file needs --output_file")
+    template = get_template(args.template)
+    prompts, bad = read_prompts(args.data_file, template, args.data_format) if args.data_file else ([], [])
+    model, tokenizer, config = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
+    from .loading import resolve_model_dir
+
+    if args.save_onepiece_model_path:
+        save_onepiece(model, config, resolve_model_dir(args.model_name_or_path), args.save_onepiece_model_path)
+        if parallel_context().is_main:
+            print(f"wrote one-piece checkpoint {args.save_onepiece_model_path}")
+    if args.data_file:
+        gen = generation_config(args, tokenizer)
+        outputs, n_tokens, start = [], 0, time.time()
+        show = parallel_context().is_main
+        for i in tqdm(range(0, len(prompts), args.batch_size), desc="predicting", disable=not show, unit=" batch"):
+            chunk = prompts[i : i + args.batch_size]
+            tic = time.time()
+            new = generate_ids(model, encode_prompts(tokenizer, [p for _, _, p in chunk], args.src_length), gen)
+            n_tokens += sum(len(t) for t in new)
+            outputs += [dict(record, prediction=tokenizer.decode(t)) for (_, record, _), t in zip(chunk, new)]
+            if show:
+                tqdm.write(f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s")
+        if show:
+            def write(tmp):
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs)
+
+            write_file_atomic(args.output_file, write)
+            elapsed = time.time() - start
+            print(f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file}")
+    for message in bad if parallel_context().is_main else []:
+        print(f"predict_generation.py: skipped {message}", file=sys.stderr)
+    if bad:
+        raise DataError(f"{len(bad)} bad line(s) in {args.data_file}, first: {bad[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Predict with BLOOM (dynamic graph) and/or merge to one checkpoint.")
+    p.add_argument("--model_name_or_path", required=True, help="a checkpoint, or tensor-parallel shards")
+    p.add_argument("--lora_path")
+    p.add_argument("--prefix_path")
+    p.add_argument("--data_file", help="records of any training format (JSON lines or a JSON array)")
+    p.add_argument("--output_file")
+    p.add_argument("--data_format", choices=FORMATS)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--tensor_parallel_degree", type=int, default=0, help="default: the number of launched processes")
+    p.add_argument("--save_onepiece_model_path", help="write one merged checkpoint here (LoRA folded in, prefix alongside)")
+    add_generation_flags(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main("predict_generation.py", lambda: predict(args))
