@@ -39,3 +39,27 @@ demo: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# ---- Evaluation (issue 9). MODEL=CKPT evaluates that checkpoint; unset, a tiny one is built first.
+EVAL_OUT        ?= runs/eval
+WIKITEXT        ?= $(SHARED)/data/eval/wikitext-2-valid.txt
+LAMBADA         ?= $(SHARED)/data/eval/lambada_test_first1000.jsonl
+EVAL_SEQ_LENGTH ?= 256
+EVAL_OVERLAP    ?= 128
+EVAL_BATCH      ?= 8
+EVAL_MODEL       = $(if $(MODEL),$(MODEL),$(EVAL_OUT)/tiny)
+EVAL_FLAGS       = --model_name_or_path $(EVAL_MODEL) --batch_size $(EVAL_BATCH) --seq_length $(EVAL_SEQ_LENGTH)
+EVAL_LAUNCH      = $(PY) -m paddle.distributed.launch --log_dir $(EVAL_OUT)/launch_log --nproc_per_node 2
+
+.PHONY: run_eval run_eval_tps
+
+$(EVAL_OUT)/tiny/config.json: | $(STAMP)
+	$(PY) -m paddlebloom.create_tiny --output_dir $(EVAL_OUT)/tiny
+
+run_eval: $(STAMP) $(if $(MODEL),,$(EVAL_OUT)/tiny/config.json)
+	$(PY) eval/run_eval.py $(EVAL_FLAGS) --eval_path $(WIKITEXT) --overlapping_eval $(EVAL_OVERLAP) --output_file $(EVAL_OUT)/wikitext.json
+	$(PY) eval/run_eval.py $(EVAL_FLAGS) --eval_path $(LAMBADA) --cloze_eval --output_file $(EVAL_OUT)/lambada.json
+
+run_eval_tps: $(STAMP) $(if $(MODEL),,$(EVAL_OUT)/tiny/config.json)
+	$(EVAL_LAUNCH) eval/run_eval.py $(EVAL_FLAGS) --tensor_parallel_degree 2 --eval_path $(WIKITEXT) --overlapping_eval $(EVAL_OVERLAP) --output_file $(EVAL_OUT)/wikitext_tp2.json
+	$(EVAL_LAUNCH) eval/run_eval.py $(EVAL_FLAGS) --tensor_parallel_degree 2 --eval_path $(LAMBADA) --cloze_eval --output_file $(EVAL_OUT)/lambada_tp2.json

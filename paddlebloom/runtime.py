@@ -9,7 +9,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-import paddle
+# Paddle warns at import time that ccache is missing (it only matters for compiling custom
+# ops): filter it before the import so it does not bury every script's output.
+warnings.filterwarnings("ignore", message=".*No ccache found.*")
+
+import paddle  # noqa: E402
 
 
 def world_size() -> int:
