@@ -9,9 +9,8 @@ from typing import List, Tuple
 
 from .cli import run_main
 from .data.formats import get_template
-from .generation import generate_ids
+from .generation import add_generation_flags, generate_ids, generation_config
 from .loading import load_model
-from .predict import add_generation_flags, generation_config
 from .runtime import quiet, use_all_cores
 
 

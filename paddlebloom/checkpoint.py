@@ -74,13 +74,13 @@ def _to_numpy(state) -> Dict[str, np.ndarray]:
 
 def _read_weight_file(path: str) -> Dict[str, np.ndarray]:
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from .convert_hf import read_safetensors  # bfloat16 included, no torch
 
-        return load_file(path)
+        return read_safetensors(path)
     return _to_numpy(paddle.load(path, return_numpy=True))
 
 
-def _read_full(directory: str) -> Optional[Dict[str, np.ndarray]]:
+def read_full_weights(directory: str) -> Optional[Dict[str, np.ndarray]]:
     for name in (WEIGHTS, SAFE_WEIGHTS):
         if os.path.isfile(os.path.join(directory, name)):
             return _read_weight_file(os.path.join(directory, name))
@@ -103,7 +103,7 @@ def with_model_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0) -> Dict[str, np.ndarray]:
     """The parameters this rank holds at `degree`, from any layout on disk."""
-    full = _read_full(directory)
+    full = read_full_weights(directory)
     if full is not None:
         return split_for_rank(with_model_prefix(full), degree, rank)
     shards = sorted(f for f in os.listdir(directory) if re.fullmatch(r"model_state\.tp\d\d\.pdparams", f))

@@ -18,7 +18,7 @@ from typing import Dict
 import numpy as np
 
 from .atomic import atomic_directory
-from .checkpoint import TOKENIZER_FILES, WEIGHTS, save_weights
+from .checkpoint import TOKENIZER_FILES, WEIGHTS, read_full_weights, save_weights
 from .cli import run_main
 from .config import BloomConfig
 from .tokenizer import BloomTokenizer
@@ -50,17 +50,9 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
 
 
 def read_hf_weights(hf_dir: str) -> Dict[str, np.ndarray]:
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        state = {}
-        for name in files:
-            state.update(read_safetensors(os.path.join(hf_dir, name)))
+    state = read_full_weights(hf_dir)  # model.safetensors or its sharded index
+    if state is not None:
         return state
-    single = os.path.join(hf_dir, "model.safetensors")
-    if os.path.isfile(single):
-        return read_safetensors(single)
     if any(f.endswith(".bin") for f in os.listdir(hf_dir)):
         raise FileNotFoundError(f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., safe_serialization=True))")
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")

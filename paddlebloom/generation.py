@@ -3,6 +3,7 @@
 Works unchanged under tensor parallelism: logits are gathered to the full vocabulary on every
 rank and the random numbers come from the same seed, so all ranks choose the same tokens.
 """
+import argparse
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -10,6 +11,7 @@ import numpy as np
 import paddle
 
 from . import sampling
+from .data.formats import TEMPLATES
 
 
 @dataclass
@@ -29,6 +31,27 @@ class GenerationConfig:
             raise ValueError(f"--decode_strategy {self.decode_strategy!r}: choose greedy_search or sampling")
         if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.top_k < 0:
             raise ValueError("need max_new_tokens >= 1, temperature > 0, 0 < top_p <= 1, repetition_penalty > 0, top_k >= 0")
+
+
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--src_length", type=int, default=1024, help="prompt tokens kept (from the end)")
+    g.add_argument("--max_new_tokens", "--tgt_length", dest="max_new_tokens", type=int, default=128)
+    g.add_argument("--decode_strategy", default="greedy_search", choices=("greedy_search", "sampling"))
+    g.add_argument("--top_k", type=int, default=0)
+    g.add_argument("--top_p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--repetition_penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--template", default="belle", choices=sorted(TEMPLATES), help="prompt template (paddlebloom.data.formats)")
+
+
+def generation_config(args, tokenizer) -> GenerationConfig:
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, decode_strategy=args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
+                              temperature=args.temperature, repetition_penalty=args.repetition_penalty,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
+    config.validate()
+    return config
 
 
 def left_pad(prompts_ids: Sequence[Sequence[int]], pad_token_id: int):

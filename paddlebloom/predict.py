@@ -17,32 +17,11 @@ from tqdm import tqdm
 from .atomic import write_file_atomic
 from .checkpoint import save_checkpoint
 from .cli import run_main
-from .data.formats import FORMATS, TEMPLATES, get_template, prompt_for_prediction
+from .data.formats import FORMATS, get_template, prompt_for_prediction
 from .data.readers import DataError, iter_records
-from .generation import GenerationConfig, encode_prompts, generate_ids
+from .generation import add_generation_flags, encode_prompts, generate_ids, generation_config
 from .loading import load_model
 from .runtime import init_parallel, parallel_context, quiet, use_all_cores, world_size
-
-
-def add_generation_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("generation")
-    g.add_argument("--src_length", type=int, default=1024, help="prompt tokens kept (from the end)")
-    g.add_argument("--max_new_tokens", "--tgt_length", dest="max_new_tokens", type=int, default=128)
-    g.add_argument("--decode_strategy", default="greedy_search", choices=("greedy_search", "sampling"))
-    g.add_argument("--top_k", type=int, default=0)
-    g.add_argument("--top_p", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--repetition_penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--template", default="belle", choices=sorted(TEMPLATES))
-
-
-def generation_config(args, tokenizer) -> GenerationConfig:
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, decode_strategy=args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
-                              temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
-    config.validate()
-    return config
 
 
 def read_prompts(path: str, template, data_format) -> Tuple[List[Tuple[int, dict, str]], List[str]]:

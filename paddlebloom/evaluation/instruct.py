@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..cli import run_main
 from ..data.readers import DataError, iter_records
+from ..generation import add_generation_flags
 from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
 
 FIELDS = ("question", "std_answer", "class")
@@ -76,18 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix_path", help="prefix-tuning adapter directory")
     p.add_argument("--eval_file", required=True, help="JSON lines {question, std_answer, class}")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--template", default="belle", help="prompt template for the question (paddlebloom.data.formats)")
     p.add_argument("--max_examples", type=int, default=0, help="evaluate only the first N records (0: all)")
     p.add_argument("--batch_size", type=int, default=4, help="prompts generated together")
-    p.add_argument("--src_length", type=int, default=None, help="keep at most this many prompt tokens (the last ones)")
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--decode_strategy", default="greedy_search", choices=("greedy_search", "sampling"))
-    p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tensor_parallel_degree", type=int, default=1)
+    add_generation_flags(p)
     p.add_argument("--judge_url", help="OpenAI-compatible endpoint (base like http://host:8000/v1, or .../chat/completions)")
     p.add_argument("--judge_model", default="gpt-4o-mini", help="model name sent to the judge")
     p.add_argument("--judge_api_key_env", default="JUDGE_API_KEY", help="environment variable holding the judge's API key (optional)")
@@ -118,7 +111,7 @@ def _write_json(path: str, payload, lines: bool = False) -> None:
 
 def evaluate(args: argparse.Namespace) -> Optional[dict]:
     from ..data.formats import get_template, prompt_for_prediction
-    from ..generation import GenerationConfig, generate_text
+    from ..generation import generate_text, generation_config
     from ..loading import load_model
     from .judge import JudgeClient
 
@@ -134,9 +127,7 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
     init_parallel(args.tensor_parallel_degree)
     main_rank = parallel_context().is_main
     model, tokenizer, _ = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, decode_strategy=args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
-                              temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
+    config = generation_config(args, tokenizer)
     started = time.time()
     answers: List[str] = []
     with tqdm(total=len(prompts), desc="generating", unit=" ans", disable=not main_rank, dynamic_ncols=True) as bar:
