@@ -35,7 +35,7 @@ test: $(STAMP) $(HF_STAMP)
 	$(PY) -m pytest -q tests --durations=15
 
 demo: $(STAMP)
-	$(PY) -m paddlebloom.create_tiny --output_dir runs/demo/tiny
+	$(PY) -m paddlebloom.demo --output_dir runs/demo
 
 clean:
 	rm -rf runs .pytest_cache
