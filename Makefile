@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 HF_PY    := .venv-hf/bin/python
 HF_STAMP := .venv-hf/.installed
 
-.PHONY: install test demo bench hf-venv clean
+.PHONY: install test demo bench hf-venv clean export-model deploy
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv .venv
@@ -28,6 +28,7 @@ hf-venv: $(HF_STAMP)
 
 bench: $(STAMP) $(HF_STAMP)
 	$(PY) bench/run_train_bench.py
+	$(PY) bench/run_generate_bench.py
 	$(PY) bench/write_report.py
 	@cat BENCHMARKS.md
 
@@ -63,3 +64,13 @@ run_eval: $(STAMP) $(if $(MODEL),,$(EVAL_OUT)/tiny/config.json)
 run_eval_tps: $(STAMP) $(if $(MODEL),,$(EVAL_OUT)/tiny/config.json)
 	$(EVAL_LAUNCH) eval/run_eval.py $(EVAL_FLAGS) --tensor_parallel_degree 2 --eval_path $(WIKITEXT) --overlapping_eval $(EVAL_OVERLAP) --output_file $(EVAL_OUT)/wikitext_tp2.json
 	$(EVAL_LAUNCH) eval/run_eval.py $(EVAL_FLAGS) --tensor_parallel_degree 2 --eval_path $(LAMBADA) --cloze_eval --output_file $(EVAL_OUT)/lambada_tp2.json
+
+# ---- Export and deploy (issue 5). A target cannot be named `export` (a make keyword).
+CKPT  ?= runs/demo/merged
+INFER ?= inference
+
+export-model: $(STAMP)
+	$(PY) export/export_generation_model.py --model_name_or_path $(CKPT) --output_path $(INFER)/bloom
+
+deploy: $(STAMP)
+	$(PY) deploy/infer_generation.py --model_dir $(INFER) --model_prefix bloom --data_file $(SHARED)/data/instruct/belle_eval_set_1k.jsonl --output_file runs/deploy/predictions.jsonl --batch_size 4 --max_new_tokens 64

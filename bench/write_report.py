@@ -30,11 +30,29 @@ def training_section(data: dict) -> str:
     return "\n".join(lines)
 
 
+def generation_section(data: dict) -> str:
+    m = data["machine"]
+    lines = ["## Decoding speed (greedy, bloom-560m shape, fp32, CPU)", "",
+             f"{data['params'] / 1e6:.0f}M parameters, {data['new_tokens']} new tokens, {data['threads']} math thread(s) per system; "
+             f"memory bandwidth limit {m['bandwidth_gbs']:.0f} GB/s (batch-1 decoding reads every weight once per token), matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s.", "",
+             "| system | batch | tok/s | vs HF | bandwidth use | MFU | peak RSS |", "|---|---|---|---|---|---|---|"]
+    hf = {r["batch"]: r["tokens_per_s"] for r in data["rows"] if r["system"].startswith("HF")}
+    for r in data["rows"]:
+        ratio = f"{r['tokens_per_s'] / hf[r['batch']]:.2f}x" if r["batch"] in hf else "-"
+        lines.append(f"| {r['system']} | {r['batch']} | {r['tokens_per_s']:.2f} | {ratio} | {100 * r['bandwidth_use']:.0f}% | {100 * r['mfu']:.1f}% | {r['peak_rss_mb']:.0f} MB |")
+    lines += ["", "Goal (issue 5): static deploy >= 3x HF fp32 at batch 1. fp32 batch-1 decoding cannot exceed "
+              "bandwidth / (4 bytes x parameters) tokens/s, so 3x needs bf16 or int8 weights."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     sections = ["# Benchmarks", "", "Written by `make bench` (bench/write_report.py) from bench/results/; numbers are from the last run on this machine."]
     path = os.path.join(RESULTS, "train.json")
     if os.path.isfile(path):
         sections += ["", training_section(json.load(open(path)))]
+    path = os.path.join(RESULTS, "generate.json")
+    if os.path.isfile(path):
+        sections += ["", generation_section(json.load(open(path)))]
     for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         if name.endswith(".md"):  # sections other benchmarks write themselves
             sections += ["", open(os.path.join(RESULTS, name)).read().strip()]

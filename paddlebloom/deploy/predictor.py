@@ -63,13 +63,17 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int = 0, enable_mkldnn: bool = False, precision: str = "fp32") -> inference.Config:
+def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int = 0, enable_mkldnn: bool = False, precision: str = "fp32", weights_dtype: str = "float32") -> inference.Config:
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    if weights_dtype == "bfloat16" and device == "cpu" and not (enable_mkldnn and _cpu_has_bf16()):
+        # Paddle's plain CPU kernels have no bf16 matmul: the run would die with a bare std::exception.
+        raise ValueError(f"{program}: exported with --dtype bfloat16, which runs on CPU only with --enable_mkldnn on a CPU with avx512_bf16/amx_bf16 (re-export with --dtype float32)")
     if precision == "int8":
         # Weight-only int8 needs a model quantised at export time; this program holds float weights.
         raise ValueError("--precision int8: unsupported for this export (weight-only int8 quantisation is not implemented yet)")
     config = inference.Config(program, params)
+    config.disable_glog_info()  # the optimiser's pass log would bury the per-batch numbers
     if device == "gpu":
         import paddle
 
@@ -98,11 +102,16 @@ def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int
 
 
 class GenerationPredictor:
-    """Left-pads a batch of token-id prompts, runs the program, returns the new ids up to EOS (inclusive)."""
+    """Left-pads a batch of token-id prompts, runs the program, returns the new ids before EOS."""
 
     def __init__(self, model_dir: str, model_prefix: str = "bloom", **config_kw):
         program, params = find_model(model_dir, model_prefix)
-        self.predictor = inference.create_predictor(make_config(program, params, **config_kw))
+        info_path = os.path.join(model_dir, "export_info.json")
+        info = {}
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+        self.predictor = inference.create_predictor(make_config(program, params, weights_dtype=info.get("dtype", "float32"), **config_kw))
         names = self.predictor.get_input_names()
         expected = [n for n, _, _ in INPUTS]
         if sorted(names) != sorted(expected):
@@ -148,5 +157,5 @@ class GenerationPredictor:
 
 
 def cut_at_eos(ids: List[int], eos: int) -> List[int]:
-    """Tokens up to and including the first EOS (the program pads after it)."""
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
+    """Tokens before the first EOS (the program pads after it); as paddlebloom.generation returns them."""
+    return ids[: ids.index(eos)] if eos in ids else ids

@@ -13,13 +13,15 @@ A prefix adapter's keys/values are computed once at export and stored as one par
 
 Everything a user may change per call is a runtime input (see `INPUTS`), including the decode
 strategy: greedy and sampling are both in the program and `strategy` (0 greedy, 1 sampling)
-selects per call. Sampling draws from its own counter-based generator seeded by the `seed` input,
-so a given seed gives the same tokens in dygraph, in the exported program and across runs.
+selects per call, as a branch (greedy does not pay for the vocabulary sorts of top-k/top-p).
+Logits processing is paddlebloom.sampling's; the uniform numbers come from our seeded generator (generator.py), so a
+given `seed` gives the same tokens in dygraph, in the exported program and across runs.
 """
 import paddle
 import paddle.nn as nn
 
 from .. import sampling
+from . import generator
 
 # name, shape, dtype of every runtime input, in call order (the exported program's feed names).
 INPUTS = (
@@ -37,27 +39,8 @@ INPUTS = (
 )
 GREEDY, SAMPLING = 0, 1
 
-# Park-Miller minimal standard generator: products stay below 2**47, exact in int64 everywhere.
-_MODULUS, _MULTIPLIER = 2147483647, 48271
-
-
-def _next_uniform(state):
-    """Advance the per-row generator state [b, 1]; return (state, uniform in (0, 1))."""
-    state = (state * _MULTIPLIER) % _MODULUS
-    return state, state.astype("float32") / float(_MODULUS)
-
-
-def _initial_state(seed, batch):
-    rows = paddle.arange(batch, dtype="int64").unsqueeze(-1) if isinstance(batch, int) else paddle.arange(0, batch, dtype="int64").unsqueeze(-1)
-    # Distinct non-zero start per row; a few warm-up draws decorrelate neighbouring seeds.
-    state = (seed.reshape([1, 1]) % (_MODULUS - 1) * 7919 + rows * 104729 + 1) % (_MODULUS - 1) + 1
-    for _ in range(3):
-        state, _ = _next_uniform(state)
-    return state
-
-
 class GenerationProgram(nn.Layer):
-    """`forward(*INPUTS) -> ids [batch, max_new_tokens]`; after EOS (inclusive of it) rows hold pad ids."""
+    """`forward(*INPUTS) -> ids [batch, max_new_tokens]`: each row's tokens, its EOS, then pad ids."""
 
     def __init__(self, model: nn.Layer, prefix_kv=None):
         super().__init__()
@@ -74,30 +57,35 @@ class GenerationProgram(nn.Layer):
         zeros = paddle.zeros([batch, self.heads, free, self.head_dim], dtype=dtype)
         if self.prefix_kv is None:
             return [(zeros, zeros) for _ in range(self.n_layer)], 0
-        batch_ones = paddle.zeros([batch, 1, 1, 1], dtype=dtype)
+        batch_zeros = paddle.zeros([batch, 1, 1, 1], dtype=dtype)  # broadcasts the prefix over the batch
         n_prefix = self.prefix_kv.shape[3]
-        per = [paddle.concat([zeros, batch_ones + self.prefix_kv[i]], axis=2) for i in range(2 * self.n_layer)]
+        per = [paddle.concat([zeros, batch_zeros + self.prefix_kv[i]], axis=2) for i in range(2 * self.n_layer)]
         return [(per[i], per[self.n_layer + i]) for i in range(self.n_layer)], n_prefix
 
     def _choose(self, logits, seen, strategy, top_k, top_p, temperature, penalty, rng):
-        logits = sampling.apply_repetition_penalty(logits.astype("float32"), seen, penalty)
-        greedy = sampling.greedy(logits)
-        rng, uniform = _next_uniform(rng)
-        probs = sampling.top_p_filter_probs(sampling.top_k_filter(sampling.apply_temperature(logits, temperature), top_k), top_p)
-        sampled = sampling.sample_with_uniform(probs, uniform)
-        return paddle.where(strategy.reshape([1, 1]) == GREEDY, greedy, sampled), rng
+        # sampling.next_tokens computes both and selects; a branch spares greedy the vocabulary sorts.
+        logits = logits.astype("float32")
+        if strategy.reshape([]) == GREEDY:
+            token = paddle.argmax(sampling.repetition_penalty(logits, seen, penalty), axis=-1, keepdim=True)
+        else:
+            rng, uniform = generator.next_uniform(rng)
+            token = sampling.draw(sampling.sampling_distribution(logits, seen, temperature, top_k, top_p, penalty), uniform)
+        return token, rng
 
     def forward(self, input_ids, attention_mask, max_new_tokens, strategy, top_k, top_p, temperature, repetition_penalty, eos_token_id, pad_token_id, seed):
         batch = paddle.shape(input_ids)[0]
         dtype = self.model.bloom.word_embeddings.weight.dtype
         caches, n_prefix = self._initial_cache(batch, max_new_tokens, dtype)
-        mask = attention_mask.astype("int64")
-        mask = paddle.concat([paddle.zeros([batch, max_new_tokens], dtype="int64"), paddle.ones([batch, n_prefix], dtype="int64") * 1, mask], axis=1) if n_prefix else paddle.concat([paddle.zeros([batch, max_new_tokens], dtype="int64"), mask], axis=1)
+        # [free slots (0) | prefix (1) | prompt (its own mask)]
+        parts = [paddle.zeros([batch, max_new_tokens], dtype="int64"), attention_mask.astype("int64")]
+        if n_prefix:
+            parts.insert(1, paddle.ones([batch, n_prefix], dtype="int64"))
+        mask = paddle.concat(parts, axis=1)
         out = self.model(input_ids, attention_mask=mask, past_key_values=caches, use_cache=True, last_logits_only=True)
         caches = out.past_key_values
 
         seen = sampling.seen_tokens(input_ids, attention_mask, self.vocab_size)
-        rng = _initial_state(seed, batch)
+        rng = generator.initial_state(seed, batch)
         token, rng = self._choose(out.logits[:, -1], seen, strategy, top_k, top_p, temperature, repetition_penalty, rng)
         finished = token == eos_token_id.reshape([1, 1])
         positions = paddle.arange(0, max_new_tokens, dtype="int64").unsqueeze(0)
