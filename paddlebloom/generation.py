@@ -4,6 +4,7 @@ Works unchanged under tensor parallelism: logits are gathered to the full vocabu
 rank and the random numbers come from the same seed, so all ranks choose the same tokens.
 """
 import argparse
+import random
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -73,25 +74,18 @@ def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: Generation
     config.validate()
     if any(len(p) == 0 for p in prompts_ids):
         raise ValueError("an empty prompt cannot be continued")
-    if config.seed is not None:
-        paddle.seed(config.seed)
     ids, mask = (paddle.to_tensor(a) for a in left_pad(prompts_ids, config.pad_token_id))
     batch = ids.shape[0]
-    sample = config.decode_strategy == "sampling"
-    knobs = [paddle.to_tensor(v, dtype=d) for v, d in ((int(sample), "int64"), (config.temperature, "float32"), (config.top_k, "int64"), (config.top_p, "float32"), (config.repetition_penalty, "float32"))]
+    strategy = paddle.to_tensor([sampling.SAMPLING if config.decode_strategy == "sampling" else sampling.GREEDY], dtype="int64")
+    knobs = [paddle.to_tensor([v], dtype=d) for v, d in ((config.top_k, "int64"), (config.top_p, "float32"), (config.temperature, "float32"), (config.repetition_penalty, "float32"))]
+    seed = config.seed if config.seed is not None else random.randrange(2**31)
+    rng = sampling.initial_state(paddle.to_tensor([seed], dtype="int64"), batch)  # the exported program's generator
     out = model(ids, attention_mask=mask, use_cache=True, last_logits_only=True)
-    seen = sampling.seen_tokens(ids, mask, out.logits.shape[-1]) if config.repetition_penalty != 1.0 else None
+    seen = sampling.seen_tokens(ids, mask, out.logits.shape[-1])
     results: List[List[int]] = [[] for _ in range(batch)]
     finished = np.zeros(batch, dtype=bool)
     for _ in range(config.max_new_tokens):
-        logits = out.logits[:, -1].astype("float32")
-        if sample:
-            u = paddle.rand([batch, 1], dtype="float32")
-            token = sampling.next_tokens(logits, seen if seen is not None else paddle.zeros_like(logits), *knobs, u)
-        elif seen is not None:
-            token = paddle.argmax(sampling.repetition_penalty(logits, seen, knobs[4]), axis=-1, keepdim=True)
-        else:
-            token = paddle.argmax(logits, axis=-1, keepdim=True)
+        token, rng = sampling.choose_next(out.logits[:, -1], seen, strategy, *knobs, rng)
         chosen = token.numpy()[:, 0]
         step = []
         for row, t in enumerate(chosen):
@@ -105,8 +99,7 @@ def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: Generation
             stream_callback(step)
         if finished.all():
             break
-        if seen is not None:
-            seen = sampling.mark_seen(seen, token)
+        seen = sampling.mark_seen(seen, token)
         mask = paddle.concat([mask, paddle.ones([batch, 1], dtype=mask.dtype)], axis=1)
         out = model(token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True, last_logits_only=True)
     return results

@@ -2,8 +2,11 @@
 
 Every knob (temperature, top_k, top_p, repetition_penalty, greedy or sampling) is a tensor and
 no Python branch looks at tensor values, so `paddle.jit.to_static` traces the same code the
-dynamic decoder runs. Randomness enters only as a uniform number per row (`u`), drawn by the
-caller, so a seed reproduces a sample. Paddle's `top_p_sampling` kernel is not used: it has no
+dynamic decoder runs. Randomness enters only as a uniform number per row, from a seeded
+Park-Miller generator below: `paddle.multinomial` in an exported program draws from the global
+generator (seed fixed at export time), so a runtime seed could not reproduce a sample; this
+generator needs only int64 multiply and modulo, so the same seed gives the same draws in dygraph,
+in the static program and on every machine. Paddle's `top_p_sampling` kernel is not used: it has no
 CPU kernel (STACK.md defect 6); top-p is sort + cumulative sum here.
 
 Conventions: logits [batch, vocab] float32; `seen` [batch, vocab] 1.0 where the token occurred
@@ -66,8 +69,35 @@ def draw(probs, u):
     return paddle.minimum(index, paddle.full_like(index, probs.shape[-1] - 1))
 
 
-def next_tokens(logits, seen, do_sample, temperature, top_k, top_p, penalty, u):
-    """The next token [batch, 1]: greedy (do_sample 0) or sampled (do_sample 1), penalty applied to both."""
-    greedy = paddle.argmax(repetition_penalty(logits.astype("float32"), seen, penalty), axis=-1, keepdim=True)
-    sampled = draw(sampling_distribution(logits, seen, temperature, top_k, top_p, penalty), u)
-    return paddle.where(do_sample > 0, sampled, greedy)
+GREEDY, SAMPLING = 0, 1
+_MODULUS, _MULTIPLIER = 2147483647, 48271
+
+
+def next_uniform(state):
+    """Advance the per-row generator state [b, 1]; return (state, uniform in (0, 1) [b, 1])."""
+    state = (state * _MULTIPLIER) % _MODULUS
+    return state, state.astype("float32") / float(_MODULUS)
+
+
+def initial_state(seed, batch):
+    """A distinct non-zero state per row from the runtime `seed` [1]."""
+    rows = paddle.arange(0, batch, dtype="int64").unsqueeze(-1)
+    state = (seed.reshape([1, 1]) % (_MODULUS - 1) * 7919 + rows * 104729 + 1) % (_MODULUS - 1) + 1
+    for _ in range(3):  # warm-up draws decorrelate neighbouring seeds
+        state, _ = next_uniform(state)
+    return state
+
+
+def choose_next(logits, seen, strategy, top_k, top_p, temperature, penalty, rng):
+    """The next token [batch, 1] and the advanced generator state.
+
+    Greedy takes the argmax after the repetition penalty (no vocabulary sorts); sampling draws
+    from the penalised, tempered, top-k/top-p distribution with one uniform per row.
+    """
+    logits = logits.astype("float32")
+    if strategy.reshape([]) == GREEDY:
+        token = paddle.argmax(repetition_penalty(logits, seen, penalty), axis=-1, keepdim=True)
+    else:
+        rng, uniform = next_uniform(rng)
+        token = draw(sampling_distribution(logits, seen, temperature, top_k, top_p, penalty), uniform)
+    return token, rng

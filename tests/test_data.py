@@ -102,6 +102,10 @@ def test_prompt_for_prediction_uses_history(tok):
     open_conv = {"conversations": [{"from": "human", "value": "hi"}]}
     assert prompt_for_prediction(open_conv) == BELLE.render("hi")
     assert prompt_for_prediction({"question": "q?", "std_answer": "a", "class": "c"}) == BELLE.render("q?")
+    # predicting needs no answer field
+    assert prompt_for_prediction({"instruction": "Translate.", "input": "cat"}) == BELLE.render("Translate.\ncat")
+    assert prompt_for_prediction({"src": "Alice has a"}) == BELLE.render("Alice has a")
+    assert prompt_for_prediction({"src": ["hi", "and?"], "tgt": ["hello"]}) == BELLE.render("hi") + "hello</s>" + BELLE.render("and?")
 
 
 @pytest.mark.parametrize("record, field", [

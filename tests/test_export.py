@@ -148,6 +148,10 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(exported, trained_tiny, 
     from paddlebloom.deploy.predictor import cut_at_eos
 
     assert [cut_at_eos(r.tolist(), tokenizer.eos_token_id) for r in dynamic] == first
+    # and dynamic prediction (paddlebloom.generation) samples the same tokens for the same seed
+    config = GenerationConfig(max_new_tokens=NEW, decode_strategy="sampling", temperature=1.5, seed=7,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    assert [list(map(int, t)) for t in generate_ids(model, prompts, config)] == first
 
 
 def test_deploy_reads_any_format_and_runs_without_the_model_class(exported, trained_tiny, tmp_path):
@@ -193,15 +197,14 @@ def test_find_model_reads_legacy_pdmodel(tmp_path):
 
 def test_seeded_draws_follow_the_distribution():
     from paddlebloom import sampling
-    from paddlebloom.export import generator
 
     probs = paddle.to_tensor([[0.5, 0.3, 0.15, 0.05]] * 4000)
-    uniform = generator.next_uniform(generator.initial_state(paddle.to_tensor([11], dtype="int64"), 4000))[1]
+    uniform = sampling.next_uniform(sampling.initial_state(paddle.to_tensor([11], dtype="int64"), 4000))[1]
     tokens = sampling.draw(probs, uniform).numpy()[:, 0]
     assert np.abs(np.bincount(tokens, minlength=4) / 4000 - [0.5, 0.3, 0.15, 0.05]).max() < 0.03
-    again = generator.next_uniform(generator.initial_state(paddle.to_tensor([11], dtype="int64"), 4000))[1]
+    again = sampling.next_uniform(sampling.initial_state(paddle.to_tensor([11], dtype="int64"), 4000))[1]
     assert (again.numpy() == uniform.numpy()).all()
-    other = generator.next_uniform(generator.initial_state(paddle.to_tensor([12], dtype="int64"), 4000))[1]
+    other = sampling.next_uniform(sampling.initial_state(paddle.to_tensor([12], dtype="int64"), 4000))[1]
     assert np.abs(other.numpy() - uniform.numpy()).mean() > 0.1
 
 

@@ -129,6 +129,17 @@ def prompt_for_prediction(record: dict, template: Template = DEFAULT_TEMPLATE, f
         if conv and isinstance(conv[-1], dict) and conv[-1].get("from") == "human":
             head = to_turns({"conversations": conv[:-1]}, fmt, where) if len(conv) > 1 else []
             return "".join(template.render(q) + a + eos for q, a in head) + template.render(_string(conv[-1], "value", where))
+    # The answer of the last turn is what gets predicted: records without it are fine here.
+    if fmt in ("alpaca", "belle"):
+        extra = _string(record, "input", where, True) if fmt == "alpaca" else ""
+        return template.render(_query(_string(record, "instruction", where), extra))
+    if fmt == "src_tgt" and "src" in record:
+        src, tgt = record["src"], record.get("tgt", [] if isinstance(record["src"], list) else "")
+        if isinstance(src, str):
+            return template.render(src)
+        if isinstance(src, list) and src and isinstance(tgt, list) and len(tgt) >= len(src) - 1:
+            head = to_turns({"src": src[:-1], "tgt": tgt[: len(src) - 1]}, fmt, where) if len(src) > 1 else []
+            return "".join(template.render(q) + a + eos for q, a in head) + template.render(_string({"src": src[-1]}, "src", where))
     turns = to_turns(record, fmt, where)
     if turns[-1][0] is None:
         return turns[-1][1]

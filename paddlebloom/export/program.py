@@ -14,14 +14,13 @@ A prefix adapter's keys/values are computed once at export and stored as one par
 Everything a user may change per call is a runtime input (see `INPUTS`), including the decode
 strategy: greedy and sampling are both in the program and `strategy` (0 greedy, 1 sampling)
 selects per call, as a branch (greedy does not pay for the vocabulary sorts of top-k/top-p).
-Logits processing is paddlebloom.sampling's; the uniform numbers come from our seeded generator (generator.py), so a
+Logits processing is paddlebloom.sampling's; the uniform numbers come from its seeded generator, so a
 given `seed` gives the same tokens in dygraph, in the exported program and across runs.
 """
 import paddle
 import paddle.nn as nn
 
 from .. import sampling
-from . import generator
 
 # name, shape, dtype of every runtime input, in call order (the exported program's feed names).
 INPUTS = (
@@ -37,7 +36,7 @@ INPUTS = (
     ("pad_token_id", [1], "int64"),
     ("seed", [1], "int64"),
 )
-GREEDY, SAMPLING = 0, 1
+GREEDY, SAMPLING = sampling.GREEDY, sampling.SAMPLING
 
 class GenerationProgram(nn.Layer):
     """`forward(*INPUTS) -> ids [batch, max_new_tokens]`: each row's tokens, its EOS, then pad ids."""
@@ -62,16 +61,6 @@ class GenerationProgram(nn.Layer):
         per = [paddle.concat([zeros, batch_zeros + self.prefix_kv[i]], axis=2) for i in range(2 * self.n_layer)]
         return [(per[i], per[self.n_layer + i]) for i in range(self.n_layer)], n_prefix
 
-    def _choose(self, logits, seen, strategy, top_k, top_p, temperature, penalty, rng):
-        # sampling.next_tokens computes both and selects; a branch spares greedy the vocabulary sorts.
-        logits = logits.astype("float32")
-        if strategy.reshape([]) == GREEDY:
-            token = paddle.argmax(sampling.repetition_penalty(logits, seen, penalty), axis=-1, keepdim=True)
-        else:
-            rng, uniform = generator.next_uniform(rng)
-            token = sampling.draw(sampling.sampling_distribution(logits, seen, temperature, top_k, top_p, penalty), uniform)
-        return token, rng
-
     def forward(self, input_ids, attention_mask, max_new_tokens, strategy, top_k, top_p, temperature, repetition_penalty, eos_token_id, pad_token_id, seed):
         batch = paddle.shape(input_ids)[0]
         dtype = self.model.bloom.word_embeddings.weight.dtype
@@ -85,8 +74,8 @@ class GenerationProgram(nn.Layer):
         caches = out.past_key_values
 
         seen = sampling.seen_tokens(input_ids, attention_mask, self.vocab_size)
-        rng = generator.initial_state(seed, batch)
-        token, rng = self._choose(out.logits[:, -1], seen, strategy, top_k, top_p, temperature, repetition_penalty, rng)
+        rng = sampling.initial_state(seed, batch)
+        token, rng = sampling.choose_next(out.logits[:, -1], seen, strategy, top_k, top_p, temperature, repetition_penalty, rng)
         finished = token == eos_token_id.reshape([1, 1])
         positions = paddle.arange(0, max_new_tokens, dtype="int64").unsqueeze(0)
         ids = paddle.where(positions == 0, token, paddle.zeros_like(positions) + pad_token_id.reshape([1, 1]))
@@ -100,7 +89,7 @@ class GenerationProgram(nn.Layer):
             # Drop the oldest slot: a free one (there are max_new_tokens of them, at most max_new_tokens - 1 steps).
             flat = [t[:, :, 1:] for kv in out.past_key_values for t in kv]
             mask = call_mask[:, 1:]
-            new, rng = self._choose(out.logits[:, -1], seen, strategy, top_k, top_p, temperature, repetition_penalty, rng)
+            new, rng = sampling.choose_next(out.logits[:, -1], seen, strategy, top_k, top_p, temperature, repetition_penalty, rng)
             new = paddle.where(finished, paddle.zeros_like(new) + pad_token_id.reshape([1, 1]), new)
             ids = paddle.where(positions == step.reshape([1, 1]), new, ids)
             finished = paddle.logical_or(finished, new == eos_token_id.reshape([1, 1]))
