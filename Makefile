@@ -29,10 +29,11 @@ hf-venv: $(HF_STAMP)
 bench: $(STAMP) $(HF_STAMP)
 	$(PY) bench/run_train_bench.py
 	$(PY) bench/run_generate_bench.py
+	$(PY) bench/run_serve_bench.py
 	$(PY) bench/write_report.py
 	@cat BENCHMARKS.md
 
-test: $(STAMP) $(HF_STAMP)
+test: $(STAMP) $(HF_STAMP) browser
 	$(PY) -m pytest -q tests --durations=15
 
 demo: $(STAMP)
@@ -74,3 +75,16 @@ export-model: $(STAMP)
 
 deploy: $(STAMP)
 	$(PY) deploy/infer_generation.py --model_dir $(INFER) --model_prefix bloom --data_file $(SHARED)/data/instruct/belle_eval_set_1k.jsonl --output_file runs/deploy/predictions.jsonl --batch_size 4 --max_new_tokens 64
+
+# ---- Serving (issue 8). The chat page's test drives Debian's chromium through its chromedriver:
+# installed here when missing, so nothing is downloaded at test time.
+PORT ?= 8080
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve browser
+
+serve: $(STAMP)
+	$(PY) deploy/serve.py --model_dir $(INFER) --model_prefix bloom --port $(PORT)
+
+browser:
+	@command -v chromium >/dev/null && test -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }

@@ -45,6 +45,21 @@ def generation_section(data: dict) -> str:
     return "\n".join(lines)
 
 
+def serving_section(data: dict) -> str:
+    m, model = data["machine"], data["model"]
+    lines = ["## Serving (deploy/serve.py, greedy completions over loopback HTTP)", "",
+             f"Random BLOOM H{model['hidden']} / {model['layers']} layers / vocab {model['vocab']}, {data['max_tokens']} new tokens per request, "
+             f"chunks of {data['chunk_tokens']} tokens; {m['cores']} cores ({m['cpu']}), load average {m['load_before']:.1f} before, {m['load_after']:.1f} after.", "",
+             "| server | clients | requests | requests/s | tokens/s | mean latency | mean batch |", "|---|---|---|---|---|---|---|"]
+    for mode in ("batched", "sequential"):
+        for r in data[mode]:
+            lines.append(f"| {mode} (max batch {r['max_batch_size']}) | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+                         f"{r['mean_latency_s']:.2f} s | {r['mean_batch']:.1f} |")
+    lines += ["", f"Dynamic batching serves **{data['batching_speedup_at_max_clients']:.1f}x** the tokens/s of one-request-at-a-time serving "
+              f"at {max(r['clients'] for r in data['batched'])} clients (bench/run_serve_bench.py)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     sections = ["# Benchmarks", "", "Written by `make bench` (bench/write_report.py) from bench/results/; numbers are from the last run on this machine."]
     path = os.path.join(RESULTS, "train.json")
@@ -53,6 +68,9 @@ def main() -> None:
     path = os.path.join(RESULTS, "generate.json")
     if os.path.isfile(path):
         sections += ["", generation_section(json.load(open(path)))]
+    path = os.path.join(RESULTS, "serve.json")
+    if os.path.isfile(path):
+        sections += ["", serving_section(json.load(open(path)))]
     for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         if name.endswith(".md"):  # sections other benchmarks write themselves
             sections += ["", open(os.path.join(RESULTS, name)).read().strip()]

@@ -71,3 +71,11 @@ def trained_tiny(tiny_dir, tmp_path_factory):
                     "--tgt_length", "24", "--per_device_train_batch_size", "16", "--max_steps", "80", "--learning_rate", "5e-3",
                     "--lr_scheduler_type", "constant", "--save_steps", "0", "--logging_steps", "1000", "--disable_tqdm", "--seed", "1"]))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(trained_tiny, tmp_path_factory):
+    """trained_tiny exported through export/export_generation_model.py (what users run), once per session."""
+    out = tmp_path_factory.mktemp("inference") / "base"
+    run_py([os.path.join(ROOT, "export", "export_generation_model.py"), "--model_name_or_path", trained_tiny, "--output_path", str(out / "bloom")])
+    return str(out)

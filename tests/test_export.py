@@ -14,7 +14,6 @@ from paddlebloom.export.program import SAMPLING
 from paddlebloom.generation import GenerationConfig, generate_ids
 from paddlebloom.loading import load_model
 
-EXPORT = os.path.join(ROOT, "export", "export_generation_model.py")
 DEPLOY = os.path.join(ROOT, "deploy", "infer_generation.py")
 NEW = 12
 
@@ -75,11 +74,9 @@ def adapters(trained_tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_tiny, tmp_path_factory):
-    """The base model exported through the script: what users run."""
-    out = tmp_path_factory.mktemp("inference") / "base"
-    run_py([EXPORT, "--model_name_or_path", trained_tiny, "--output_path", str(out / "bloom")])
-    return str(out)
+def exported(exported_tiny):
+    """The base model exported through the script: what users run (conftest; shared with test_serve)."""
+    return exported_tiny
 
 
 def greedy(max_new=NEW):

@@ -1,0 +1,1 @@
+"""HTTP serving of an exported generation program: batching engine, OpenAI-compatible API, chat page."""

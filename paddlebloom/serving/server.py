@@ -1,0 +1,282 @@
+"""The HTTP side: standard-library ThreadingHTTPServer, one thread per connection, JSON in and out.
+
+Every error a client can cause is a 4xx with an OpenAI-style JSON body and never reaches the
+scheduler; the handler catches everything else too, so one bad request cannot stop the server.
+Handler threads only wait on their request's event queue: the program runs in the engine's one
+scheduler thread. While waiting, a handler peeks at its socket so that a client that went away
+(the page's stop button aborts its fetch) frees its generation slot at the next chunk.
+"""
+import json
+import os
+import queue
+import select
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import api
+from .engine import ServerBusy
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# Everything the page needs is in the page itself; the policy makes the browser refuse anything else.
+PAGE_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"
+
+
+class ClientGone(Exception):
+    pass
+
+
+class App:
+    """What handlers share: the engine, the tokenizer, limits, the page."""
+
+    def __init__(self, engine, tokenizer, template, limits: api.Limits, model_name: str, max_body_bytes: int, access_log: bool = False):
+        self.engine, self.tokenizer, self.template, self.limits = engine, tokenizer, template, limits
+        self.model_name, self.max_body_bytes, self.access_log = model_name, max_body_bytes, access_log
+        self.started = time.time()
+        with open(os.path.join(STATIC, "index.html"), "rb") as f:
+            self.page = f.read()
+
+
+class Server(ThreadingHTTPServer):
+    """Bounds open connections too: each holds a thread, and max_concurrent only bounds generation."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # socketserver's listen backlog of 5 resets connections when 16 clients arrive at once
+
+    def __init__(self, address, app: App, max_connections: int):
+        self.app = app
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                body = json.dumps(api.ApiError(503, "too many open connections", "server_busy").body()).encode()
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive for JSON answers; streams close their connection
+    default_request_version = "HTTP/1.0"  # so even a garbage request line gets a status line and a JSON error
+    server_version = "paddlebloom"
+    sys_version = ""
+    timeout = 60  # seconds a connection may sit idle or trickle a request
+
+    @property
+    def app(self) -> App:
+        return self.server.app
+
+    # ---- plumbing
+    def log_message(self, fmt, *args):
+        if self.app.access_log:
+            sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
+
+    def send_error(self, code, message=None, explain=None):
+        """The base class's errors (bad request line, oversized headers, ...) as JSON too."""
+        self.close_connection = True
+        self._json(code, api.ApiError(code, message or self.responses.get(code, ("error",))[0]).body())
+
+    def _json(self, status: int, body, headers=()):
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, e: api.ApiError):
+        self._json(e.status, e.body(), [("Retry-After", "1")] if e.status == 429 else [])
+
+    def _guard(self, body):
+        try:
+            body()
+        except api.ApiError as e:
+            self._error(e)
+        except (ClientGone, BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+        except Exception as e:  # noqa: BLE001 - the server must survive whatever a request triggers
+            self.close_connection = True
+            sys.stderr.write(f"serve: error: {self.command} {self.path}: {type(e).__name__}: {e}\n")
+            try:
+                self._error(api.ApiError(500, f"internal error: {type(e).__name__}", "server_error"))
+            except OSError:
+                pass
+
+    # ---- routes
+    def do_GET(self):
+        self._guard(self._get)
+
+    def do_POST(self):
+        self._guard(self._post)
+
+    def _not_allowed(self):
+        self.close_connection = True
+        self._json(405, api.ApiError(405, f"method {self.command} is not allowed here").body(), [("Allow", "GET, POST")])
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
+
+    def _get(self):
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(self.app.page)))
+            self.send_header("Content-Security-Policy", PAGE_POLICY)
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(self.app.page)
+        elif path == "/health":
+            self._json(200, {"status": "ok", "model": self.app.model_name, "uptime_s": round(time.time() - self.app.started, 1), **self.app.engine.snapshot()})
+        elif path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": self.app.model_name, "object": "model", "created": int(self.app.started), "owned_by": "paddlebloom",
+                                                         "max_prompt_tokens": self.app.limits.max_prompt_tokens, "max_new_tokens": self.app.limits.max_new_tokens}]})
+        elif path in ("/v1/completions", "/v1/chat/completions"):
+            self._not_allowed()
+        else:
+            raise api.ApiError(404, f"no such endpoint: GET {path}", "not_found_error")
+
+    def _post(self):
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/completions", "/v1/chat/completions"):
+            self.close_connection = True  # the unread body would be taken for the next request
+            raise api.ApiError(404 if path not in ("/", "/health", "/v1/models") else 405, f"no such endpoint: POST {path}", "not_found_error")
+        body = self._read_json()
+        chat = path == "/v1/chat/completions"
+        app = self.app
+        if chat:
+            req = api.parse_chat(body, app.tokenizer, app.template, app.limits)
+        else:
+            req = api.parse_completion(body, app.tokenizer, app.limits)
+        if body.get("model") not in (None, app.model_name):
+            raise api.ApiError(404, f"model '{body['model']}' is not served here (GET /v1/models lists '{app.model_name}')", "not_found_error", "model")
+        try:
+            job = app.engine.submit(req.prompt_ids, req.sampling, req.seeded)
+        except ServerBusy as e:
+            raise api.ApiError(429, str(e), "server_busy") from None
+        try:
+            (self._stream if req.stream else self._complete)(job, req, chat)
+        finally:
+            job.cancel()  # a no-op when it finished; frees the slot when we left early
+
+    def _read_json(self):
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise api.ApiError(411, "send the body with a Content-Length (chunked request bodies are not accepted)")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise api.ApiError(411, "a Content-Length header is required")
+        if not length.isdigit():
+            self.close_connection = True
+            raise api.ApiError(400, f"bad Content-Length {length!r}")
+        if int(length) > self.app.max_body_bytes:
+            self.close_connection = True  # not reading it: the rest of the connection is that body
+            raise api.ApiError(413, f"request body of {length} bytes is over the limit of {self.app.max_body_bytes}")
+        raw = self.rfile.read(int(length))
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise api.ApiError(400, f"the body is not valid JSON: {str(e).splitlines()[0]}") from None
+
+    # ---- generation
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _events(self, job):
+        """The job's events as they come; raises ClientGone when the client hangs up meanwhile."""
+        while True:
+            try:
+                event = job.events.get(timeout=0.2)
+            except queue.Empty:
+                if self._client_gone():
+                    job.cancel()
+                    raise ClientGone() from None
+                continue
+            yield event
+            if isinstance(event, tuple):
+                return
+
+    def _complete(self, job, req, chat):
+        stream, text, finish = api.TextStream(self.app.tokenizer, req.stop), "", None
+        for event in self._events(job):
+            if isinstance(event, tuple):
+                if event[1] == "error":
+                    raise api.ApiError(500, event[2], "server_error")
+                finish = event[1]
+                break
+            text += stream.feed(event)
+            if stream.stopped:
+                finish = "stop"
+                break
+        text += stream.finish()
+        use = api.usage(len(req.prompt_ids), len(job.tokens))
+        rid = api.new_id("chatcmpl" if chat else "cmpl")
+        self._json(200, (api.chat_body if chat else api.completion_body)(rid, self.app.model_name, text, finish, use))
+
+    def _stream(self, job, req, chat):
+        self.close_connection = True  # the stream's end is the connection's end
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        rid, model = api.new_id("chatcmpl" if chat else "cmpl"), self.app.model_name
+
+        def send(obj):
+            self.wfile.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode("utf-8")) + b"\n\n")
+            self.wfile.flush()
+
+        def piece(text, finish=None):
+            if chat:
+                return api.chat_chunk(rid, model, {"content": text} if text or finish is None else {}, finish)
+            return api.completion_body(rid, model, text, finish, None)
+
+        if chat:
+            send(api.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
+        stream, finish = api.TextStream(self.app.tokenizer, req.stop), None
+        for event in self._events(job):
+            if isinstance(event, tuple):
+                if event[1] == "error":
+                    send(api.ApiError(500, event[2], "server_error").body())
+                    send(b"[DONE]")
+                    return
+                finish = event[1]
+                break
+            delta = stream.feed(event)
+            if delta:
+                send(piece(delta))
+            if stream.stopped:
+                finish = "stop"
+                break
+        rest = stream.finish()
+        if rest:
+            send(piece(rest))
+        send(piece("", finish))
+        if req.include_usage:
+            send({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model,
+                  "choices": [], "usage": api.usage(len(req.prompt_ids), len(job.tokens))})
+        send(b"[DONE]")
