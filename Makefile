@@ -36,8 +36,9 @@ bench: $(STAMP) $(HF_STAMP)
 test: $(STAMP) $(HF_STAMP) browser
 	$(PY) -m pytest -q tests --durations=15
 
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(PY) -m paddlebloom.demo --output_dir runs/demo
+	$(PY) -m paddlebloom.demo --output_dir $(DEMO_DIR)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,6 +6,7 @@ Each measurement is a fresh process (so peak RSS is its own); the two systems al
 (ours, peer, ours, peer ...) so drifting machine load hits both; medians are reported.
 Writes bench/results/train.json; bench/write_report.py turns results into BENCHMARKS.md.
 """
+import argparse
 import json
 import os
 import statistics
@@ -15,6 +16,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.common import SHAPES, params, train_flops_per_token  # noqa: E402
+from paddlebloom.cpu import prefer_avx2_mkl_on_amd  # noqa: E402
+
+# Same environment for both systems and for the peak measurement (children inherit it).
+prefer_avx2_mkl_on_amd()
 
 OURS = os.path.join(ROOT, ".venv", "bin", "python")
 PEER = os.path.join(ROOT, ".venv-hf", "bin", "python")

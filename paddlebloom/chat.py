@@ -16,15 +16,14 @@ from .runtime import quiet, use_all_cores
 
 def build_prompt(tokenizer, template, history: List[Tuple[str, str]], query: str, src_length: int) -> List[int]:
     """Token ids of history + query, dropping the oldest turns until it fits (the query alone is
-    cut from the left as a last resort)."""
-    eos = tokenizer.eos_token
-    turns = list(history)
-    while True:
-        text = "".join(template.render(q) + a + eos for q, a in turns) + template.render(query)
-        ids = tokenizer.encode(text)
-        if len(ids) <= src_length or not turns:
-            return ids[-src_length:]
+    cut from the left as a last resort). Each prompt and answer is encoded on its own and joined
+    with EOS ids, exactly as paddlebloom.data.encode builds multi-turn training examples."""
+    eos = tokenizer.eos_token_id
+    turns = [tokenizer.encode(template.render(q)) + tokenizer.encode(a) + [eos] for q, a in history]
+    query_ids = tokenizer.encode(template.render(query))
+    while turns and sum(map(len, turns)) + len(query_ids) > src_length:
         turns.pop(0)
+    return [t for turn in turns for t in turn] + query_ids[-src_length:]  # the kept turns fit with the query
 
 
 class StreamPrinter:

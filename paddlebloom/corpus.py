@@ -73,5 +73,26 @@ def instruction_tasks(n: int, seed: int = 0, families=TASK_FAMILIES) -> List[Dic
     return [dict(make_task(families[i % len(families)], rng), family=families[i % len(families)]) for i in range(n)]
 
 
+def recall_passages(n: int, seed: int = 0) -> List[str]:
+    """n short passages that quote a list of words and then recall parts of it.
+
+    Real language models learn to copy from context in pre-training (quotes, repeated names);
+    the tiny demo model gets the same skill from these, so that instruction tuning only has to
+    teach the instruction format, not copying itself.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(ANIMALS + COLORS + FOODS)[0] for _ in range(3)]
+        listed = " ".join(words)
+        out.append(rng.choice([
+            f"The list is {listed}. The first word is {words[0]}. The last word is {words[-1]}.",
+            f"Say {listed} again: {listed}.",
+            f"词语：{listed}。第一个词是{words[0]}，最后一个词是{words[-1]}。",
+            f"{words[0]} comes before {words[1]} in the list {listed}, and {words[-1]} comes last.",
+        ]))
+    return out
+
+
 def iter_corpus(n: int, seed: int = 0) -> Iterator[str]:
     yield from sentences(n, seed)

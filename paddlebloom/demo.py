@@ -1,13 +1,15 @@
 """`make demo`: the whole suite on a tiny model, on the CPU, with nothing downloaded.
 
 Every stage is the command a user would type (run as a subprocess), so the demo exercises the
-real entry points: create a tiny BLOOM → pre-train it on a generated Chinese+English corpus →
-instruction-tune it with LoRA at tensor-parallel degree 2 under paddle.distributed.launch →
-merge to one checkpoint → answer held-out prompts → perplexity before and after.
+real entry points: create a tiny BLOOM → pre-train it on a generated Chinese+English corpus and
+instructions of two families → teach it a new instruction with LoRA at tensor-parallel degree 2
+under paddle.distributed.launch → merge to one checkpoint → export the decode loop to a static program → answer held-out prompts
+with paddle.inference → perplexity before and after.
 """
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -28,27 +30,60 @@ def stage(title: str, args, log_dir: str) -> float:
     print("\n".join("   " + l for l in tail), flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"demo: stage '{title}' failed (exit {proc.returncode}); log in {log_dir}")
+    print(f"   ({time.time() - started:.0f} s)", flush=True)
     return time.time() - started
 
 
-def write_data(out: str) -> dict:
-    tasks = corpus.instruction_tasks(2000, seed=1)
-    seen = {(t["instruction"], t["input"]) for t in tasks}
-    held_out = [t for t in corpus.instruction_tasks(400, seed=777) if (t["instruction"], t["input"]) not in seen][:10]
-    paths = {"corpus": os.path.join(out, "corpus.txt"), "train": os.path.join(out, "instructions.json"),
-             "held_out": os.path.join(out, "held_out.jsonl"), "eval_text": os.path.join(out, "eval_text.txt")}
+# The demo's story: pre-training gives the tiny model general skills (the generated text, plus
+# two instruction families in the chat template: repeat the words, name the last word); LoRA
+# then teaches it an instruction it has never seen (name the first word, asked in Chinese).
+# The new instruction is checked on held-out inputs, before and after LoRA.
+SKILLS = ("repeat", "last_word")
+NEW_INSTRUCTION = "first_word"
+
+
+def unseen(family: str, trained, text: str, n: int, seed: int):
+    """n distinct tasks of the family whose inputs appear in no training record and nowhere in the text."""
+    taken = {t["input"] for t in trained}
+    out = []
+    for t in corpus.instruction_tasks(50 * n, seed=seed, families=(family,)):
+        if t["input"] not in taken and t["input"] not in text:
+            taken.add(t["input"])
+            out.append(t)
+    return out[:n]
+
+
+def write_data(out: str, held_out: int) -> dict:
+    skills = corpus.instruction_tasks(2000, seed=1, families=SKILLS)
+    new = corpus.instruction_tasks(1000, seed=2, families=(NEW_INSTRUCTION,))
     # Several sentences per line, and held-out text in the same shape (one paragraph), so
     # perplexity measures the model on text like what it learned, sentence boundaries included.
-    sentences = corpus.sentences(8000, seed=0)
-    with open(paths["corpus"], "w", encoding="utf-8") as f:
-        f.write("\n".join(" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)) + "\n")
-    with open(paths["eval_text"], "w", encoding="utf-8") as f:
+    sentences = corpus.sentences(8000, seed=0) + corpus.recall_passages(4000, seed=0)
+    random.Random(0).shuffle(sentences)
+    text = "\n".join(" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)) + "\n"
+    checks = unseen(NEW_INSTRUCTION, new + skills, text, held_out, seed=777)
+    paths = {name: os.path.join(out, name) for name in ("corpus.txt", "skills.json", "new_instruction.json", "held_out.jsonl", "eval_text.txt")}
+    with open(paths["corpus.txt"], "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(paths["eval_text.txt"], "w", encoding="utf-8") as f:
         f.write(" ".join(corpus.sentences(300, seed=12345)) + "\n")
-    with open(paths["train"], "w", encoding="utf-8") as f:
-        json.dump(tasks, f, ensure_ascii=False)
-    with open(paths["held_out"], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in held_out)
+    for name, records in (("skills.json", skills), ("new_instruction.json", new)):
+        with open(paths[name], "w", encoding="utf-8") as f:
+            json.dump(records, f, ensure_ascii=False)
+    with open(paths["held_out.jsonl"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in checks)
     return paths
+
+
+def exact_match_by_family(answers_file: str) -> dict:
+    """{family: fraction of held-out answers equal to the expected output}."""
+    hits, counts = {}, {}
+    with open(answers_file, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            counts[r["family"]] = counts.get(r["family"], 0) + 1
+            hits[r["family"]] = hits.get(r["family"], 0) + (r["prediction"].strip() == r["output"])
+    return {fam: hits[fam] / counts[fam] for fam in counts}
 
 
 def perplexity(model: str, text: str, out_file: str, log_dir: str) -> float:
@@ -61,45 +96,62 @@ def perplexity(model: str, text: str, out_file: str, log_dir: str) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output_dir", default="runs/demo")
-    p.add_argument("--pretrain_steps", type=int, default=200)
-    p.add_argument("--lora_steps", type=int, default=120)
+    p.add_argument("--pretrain_steps", type=int, default=500)
+    p.add_argument("--lora_steps", type=int, default=400)
+    p.add_argument("--lora_learning_rate", default="3e-3")
+    p.add_argument("--held_out", type=int, default=40, help="held-out prompts of the new instruction")
     a = p.parse_args(argv)
     out = os.path.abspath(a.output_dir)
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)
     started = time.time()
-    data = write_data(out)
-    base, pre, lora, merged = (os.path.join(out, n) for n in ("tiny", "pretrained", "lora", "merged"))
+    data = write_data(out, a.held_out)
+    base, pre, lora, merged, static = (os.path.join(out, n) for n in ("tiny", "pretrained", "lora", "merged", "inference"))
     stage("Create a tiny BLOOM", ["-m", "paddlebloom.create_tiny", "--output_dir", base, "--hidden_size", "128", "--n_layer", "4", "--n_head", "4",
-                                  "--corpus", data["corpus"], "--seed", "0"], logs)
-    ppl_before = perplexity(base, data["eval_text"], os.path.join(out, "ppl_before.json"), logs)
-    common = ["--save_steps", "0", "--logging_steps", "40", "--disable_tqdm", "--overwrite_output_dir", "--warmup_steps", "10"]
-    stage("Pre-train on the generated corpus", ["finetune/finetune_generation.py", "--model_name_or_path", base, "--train_file", data["corpus"],
-                                                "--output_dir", pre, "--src_length", "48", "--tgt_length", "48", "--per_device_train_batch_size", "16",
-                                                "--max_steps", str(a.pretrain_steps), "--learning_rate", "3e-3", *common], logs)
-    stage("LoRA instruction tuning at TP=2", ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(logs, "launch"), "--nproc_per_node", "2",
-                                              "finetune/finetune_generation.py", "--model_name_or_path", pre, "--train_file", data["train"], "--output_dir", lora,
-                                              "--src_length", "48", "--tgt_length", "16", "--per_device_train_batch_size", "16", "--max_steps", str(a.lora_steps),
-                                              "--learning_rate", "5e-3", "--lora", "--lora_rank", "16", "--lora_alpha", "32", "--lora_dropout", "0",
-                                              "--lora_target_modules", "qkv,dense,dense_h_to_4h,dense_4h_to_h", "--tensor_parallel_degree", "2", *common], logs)
+                                  "--corpus", data["corpus.txt"], "--seed", "0"], logs)
+    ppl_before = perplexity(base, data["eval_text.txt"], os.path.join(out, "ppl_before.json"), logs)
+    common = ["--save_steps", "0", "--logging_steps", "100", "--disable_tqdm", "--overwrite_output_dir", "--warmup_steps", "10"]
+    stage("Pre-train on the generated corpus and skills", ["finetune/finetune_generation.py", "--model_name_or_path", base,
+                                                           "--train_file", data["corpus.txt"], data["skills.json"], "--output_dir", pre,
+                                                           "--src_length", "48", "--tgt_length", "48", "--per_device_train_batch_size", "16",
+                                                           "--max_steps", str(a.pretrain_steps), "--learning_rate", "3e-3", *common], logs)
+    answers_before = os.path.join(out, "answers_before_lora.jsonl")
+    stage("Ask the pre-trained model the held-out prompts", ["predict/predict_generation.py", "--model_name_or_path", pre, "--data_file", data["held_out.jsonl"],
+                                                             "--output_file", answers_before, "--max_new_tokens", "12", "--batch_size", "25"], logs)
+    stage("LoRA: teach the new instruction at TP=2", ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(logs, "launch"), "--nproc_per_node", "2",
+                                                      "finetune/finetune_generation.py", "--model_name_or_path", pre, "--train_file", data["new_instruction.json"],
+                                                      "--output_dir", lora, "--src_length", "48", "--tgt_length", "16", "--per_device_train_batch_size", "16",
+                                                      "--max_steps", str(a.lora_steps), "--learning_rate", a.lora_learning_rate, "--lora", "--lora_rank", "16",
+                                                      "--lora_alpha", "32", "--lora_dropout", "0", "--lora_target_modules", "qkv,dense,dense_h_to_4h,dense_4h_to_h",
+                                                      "--tensor_parallel_degree", "2", *common], logs)
     stage("Merge LoRA into one checkpoint", ["predict/predict_generation.py", "--model_name_or_path", pre, "--lora_path", lora, "--save_onepiece_model_path", merged], logs)
+    stage("Export the decode loop to a static program", ["export/export_generation_model.py", "--model_name_or_path", merged,
+                                                         "--output_path", os.path.join(static, "bloom")], logs)
     answers = os.path.join(out, "answers.jsonl")
-    stage("Answer held-out prompts", ["predict/predict_generation.py", "--model_name_or_path", merged, "--data_file", data["held_out"], "--output_file", answers,
-                                      "--max_new_tokens", "12", "--batch_size", "10"], logs)
-    ppl_pre = perplexity(pre, data["eval_text"], os.path.join(out, "ppl_pretrained.json"), logs)
-    ppl_merged = perplexity(merged, data["eval_text"], os.path.join(out, "ppl_merged.json"), logs)
+    stage("Answer held-out prompts with paddle.inference", ["deploy/infer_generation.py", "--model_dir", static, "--data_file", data["held_out.jsonl"],
+                                                            "--output_file", answers, "--max_new_tokens", "12", "--batch_size", "25"], logs)
+    ppl_pre = perplexity(pre, data["eval_text.txt"], os.path.join(out, "ppl_pretrained.json"), logs)
+    ppl_merged = perplexity(merged, data["eval_text.txt"], os.path.join(out, "ppl_merged.json"), logs)
     pre_hist = json.load(open(os.path.join(pre, "metrics.json")))["train_history"]
     lora_hist = json.load(open(os.path.join(lora, "metrics.json")))["train_history"]
-    results = [json.loads(l) for l in open(answers, encoding="utf-8")]
-    exact = sum(r["prediction"].strip() == r["output"] for r in results)
+    exact_before, exact = exact_match_by_family(answers_before), exact_match_by_family(answers)
+    summary = {"pretrain_loss": [pre_hist[0]["loss"], pre_hist[-1]["loss"]], "lora_loss": [lora_hist[0]["loss"], lora_hist[-1]["loss"]],
+               "ppl": {"new": ppl_before, "pretrained": ppl_pre, "merged": ppl_merged},
+               "held_out_exact_match_before_lora": exact_before, "held_out_exact_match": exact,
+               "artefacts": {"merged": merged, "static": static, "answers": answers, "loss_curves": [os.path.join(pre, "loss_curve.png"), os.path.join(lora, "loss_curve.png")]},
+               "seconds": round(time.time() - started, 1)}
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
     print("\n== Summary")
     print(f"   pre-training loss   {pre_hist[0]['loss']:.3f} -> {pre_hist[-1]['loss']:.3f}   ({pre}/loss_curve.png)")
     print(f"   LoRA (TP=2) loss    {lora_hist[0]['loss']:.3f} -> {lora_hist[-1]['loss']:.3f}   ({lora}/loss_curve.png)")
-    print(f"   perplexity on held-out generated text: {ppl_before:.1f} (new) -> {ppl_pre:.1f} (pre-trained) -> {ppl_merged:.1f} (instruction-tuned, merged)")
-    print(f"   held-out answers: {exact}/{len(results)} exact ({answers})")
-    for r in results[:4]:
-        print(f"     {r['instruction']} {r['input']!r:>24} -> {r['prediction']!r} (expected {r['output']!r})")
-    print(f"   merged checkpoint: {merged}   logs: {logs}   total {time.time() - started:.0f} s")
+    print(f"   perplexity on held-out generated text: {ppl_before:.1f} (new) -> {ppl_pre:.1f} (pre-trained) -> {ppl_merged:.1f} (after LoRA, merged)")
+    for fam in exact:
+        print(f"   held-out '{fam}' prompts (the new instruction), exact match: {exact_before[fam]:.0%} before LoRA -> {exact[fam]:.0%} after (static model)")
+    with open(answers, encoding="utf-8") as f:
+        for r in [json.loads(l) for l in f][:4]:
+            print(f"     {r['instruction']} {r['input']!r:>24} -> {r['prediction']!r} (expected {r['output']!r})")
+    print(f"   merged checkpoint: {merged}   static model: {static}   logs: {logs}   total {time.time() - started:.0f} s")
     return 0
 
 

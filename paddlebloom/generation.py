@@ -13,6 +13,7 @@ import paddle
 
 from . import sampling
 from .data.formats import TEMPLATES
+from .parallel.collectives import max_over_tp
 
 
 @dataclass
@@ -66,6 +67,14 @@ def left_pad(prompts_ids: Sequence[Sequence[int]], pad_token_id: int):
     return ids, mask
 
 
+def agreed_seed(seed: Optional[int]):
+    """The seed as an int64 [1] tensor; unseeded, a random one that every tensor-parallel rank
+    shares (ranks that drew different tokens would feed different inputs into one sharded model)."""
+    if seed is not None:
+        return paddle.to_tensor([seed], dtype="int64")
+    return max_over_tp(paddle.to_tensor([random.randrange(2**31)], dtype="int64"))
+
+
 @paddle.no_grad()
 def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: GenerationConfig,
                  stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None) -> List[List[int]]:
@@ -78,8 +87,7 @@ def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: Generation
     batch = ids.shape[0]
     strategy = paddle.to_tensor([sampling.SAMPLING if config.decode_strategy == "sampling" else sampling.GREEDY], dtype="int64")
     knobs = [paddle.to_tensor([v], dtype=d) for v, d in ((config.top_k, "int64"), (config.top_p, "float32"), (config.temperature, "float32"), (config.repetition_penalty, "float32"))]
-    seed = config.seed if config.seed is not None else random.randrange(2**31)
-    rng = sampling.initial_state(paddle.to_tensor([seed], dtype="int64"), batch)  # the exported program's generator
+    rng = sampling.initial_state(agreed_seed(config.seed), batch)  # the exported program's generator
     out = model(ids, attention_mask=mask, use_cache=True, last_logits_only=True)
     seen = sampling.seen_tokens(ids, mask, out.logits.shape[-1])
     results: List[List[int]] = [[] for _ in range(batch)]

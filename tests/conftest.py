@@ -7,6 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+HF_PY = os.path.join(ROOT, ".venv-hf", "bin", "python")  # the peer: Hugging Face transformers on torch
 sys.path.insert(0, ROOT)
 
 

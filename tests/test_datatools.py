@@ -113,7 +113,9 @@ def test_pruned_model_equals_original_on_kept_tokens(trained_tiny, tmp_path):
     old_ids, new_ids = tok0.encode(sentence), tok1.encode(sentence)
     assert list(new_to_old[new_ids]) == old_ids
     want = original(paddle.to_tensor([old_ids])).logits.numpy()[..., new_to_old]
-    np.testing.assert_allclose(pruned(paddle.to_tensor([new_ids])).logits.numpy(), want, atol=1e-6)
+    # Same weights, different matrix width: the kernels block the vocab differently, so the sums
+    # differ in the last bits (CI saw 2.9e-6 on logits of size ~10); a wrong mapping is off by > 1.
+    np.testing.assert_allclose(pruned(paddle.to_tensor([new_ids])).logits.numpy(), want, rtol=1e-5, atol=1e-5)
     g0 = greedy(original, old_ids, 8, allowed=new_to_old)  # the original, choosing among kept tokens
     g1 = greedy(pruned, new_ids, 8)
     assert list(new_to_old[g1]) == g0

@@ -9,13 +9,12 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, launch, run_py
+from conftest import HF_PY, ROOT, launch, run_py
 from paddlebloom.generation import GenerationConfig, generate_ids, left_pad
 from paddlebloom.loading import load_model
 
 PREDICT = os.path.join(ROOT, "predict", "predict_generation.py")
 FINETUNE = os.path.join(ROOT, "finetune", "finetune_generation.py")
-HF_PY = os.path.join(ROOT, ".venv-hf", "bin", "python")
 PROMPTS = ["Alice has a red", "在北京，小明每天早上", "3 plus 4", "The cat is"]
 
 
@@ -53,6 +52,15 @@ def test_tp2_prediction_equals_tp1_and_bad_lines_are_reported(trained_tiny, tmp_
     b = [json.loads(l) for l in open(tmp_path / "tp2.jsonl", encoding="utf-8")]
     assert len(a) == 6 and a == b  # every good record, in order, same greedy tokens at TP=2
     assert a[0]["output"] == "reference" and all(r["prediction"] for r in a[:5])
+
+
+def test_tp2_sampling_agrees_across_ranks_and_with_one_process(trained_tiny, tmp_path):
+    launch([os.path.join(ROOT, "tests", "workers", "tp_sampling.py"), trained_tiny, str(tmp_path / "out.json")], tmp_path / "log")
+    result = json.load(open(tmp_path / "out.json"))
+    assert result["ranks_agree"]  # unseeded: one seed for all ranks, else the shards see different tokens
+    model, tok, _ = load_model(trained_tiny)
+    config = GenerationConfig(max_new_tokens=8, decode_strategy="sampling", top_k=50, temperature=1.5, seed=11)
+    assert result["seeded"] == generate_ids(model, [tok.encode("Alice has a red"), tok.encode("The cat is")], config)
 
 
 def test_merge_tp2_shards_and_lora_into_one_checkpoint(trained_tiny, tmp_path):
@@ -162,6 +170,10 @@ def test_chat_in_a_pseudo_terminal_remembers_the_first_turn(trained_tiny):
     first = tok.decode(generate_ids(model, [build_prompt(tok, TEMPLATES["belle"], [], "Alice has a red", 1024)], config)[0])
     second = build_prompt(tok, TEMPLATES["belle"], [("Alice has a red", first)], "The cat is", 1024)
     assert "Alice has a red" in tok.decode(second)  # the second prompt carries the first turn
+    from paddlebloom.data.encode import encode_turns
+
+    trained_on, _ = encode_turns([("Alice has a red", first), ("The cat is", "next")], tok, TEMPLATES["belle"], 1024, 64)
+    assert trained_on[: len(second)].tolist() == second  # the history is tokenised as in fine-tuning
     assert answers == [first.strip(), tok.decode(generate_ids(model, [second], config)[0]).strip()]
     short = build_prompt(tok, TEMPLATES["belle"], [("Alice has a red", first)], "The cat is", len(tok.encode(TEMPLATES["belle"].render("The cat is"))) + 1)
     assert "Alice" not in tok.decode(short)  # the oldest turn goes first when the context is full
