@@ -40,7 +40,8 @@ class LoRALinear(nn.Layer):
             low = reduce_from_tp(paddle.matmul(self.dropout(x), self.lora_A))
         else:
             low = copy_to_tp(paddle.matmul(self.dropout(x), self.lora_A))
-        return y + paddle.matmul(low, self.lora_B) * self.scaling
+        # Scale the rank-r activation, not the [tokens, out] product: r/out of the work.
+        return y + paddle.matmul(low * self.scaling, self.lora_B)
 
     def merge(self) -> None:
         """Fold A B * scaling into the base weight (this rank's shard) and stop using the branch."""

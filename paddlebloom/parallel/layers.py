@@ -25,6 +25,22 @@ def _normal(std: float):
 _ZERO = paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
 
 
+def affine(x, weight, bias):
+    """x @ weight + bias over the last axis of x.
+
+    On CPU in eager mode as one addmm over the flattened tokens: its backward sums the bias
+    gradient inside the GEMM kernel's pass, where matmul + broadcast add (F.linear) runs a
+    separate broadcast-reduce (measured forward + backward of [1024, 512] x [512, 2048] on 2 cores:
+    60 ms with F.linear, 46 ms with addmm, 38 ms without a bias). Static graphs (export) and GPUs
+    keep F.linear, which their fusion passes know. So does a frozen bias (LoRA): there is no bias
+    gradient to save, and Paddle 3.3.1's addmm backward segfaults when its `input` has none.
+    """
+    if bias.stop_gradient or not (paddle.in_dynamic_mode() and x.place.is_cpu_place()):
+        return F.linear(x, weight, bias)
+    y = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
+    return y.reshape(list(x.shape[:-1]) + [weight.shape[-1]])
+
+
 class ColumnParallelLinear(nn.Layer):
     """y = x W + b with W's output columns split over ranks; the output stays split."""
 
@@ -36,7 +52,7 @@ class ColumnParallelLinear(nn.Layer):
         self.bias = self.create_parameter([self.out_per_rank], attr=_ZERO, is_bias=True)
 
     def forward(self, x):
-        return F.linear(copy_to_tp(x), self.weight, self.bias)
+        return affine(copy_to_tp(x), self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Layer):
@@ -49,6 +65,8 @@ class RowParallelLinear(nn.Layer):
         self.bias = self.create_parameter([out_features], attr=_ZERO, is_bias=True)
 
     def forward(self, x):
+        if parallel_context().tp_degree == 1:
+            return affine(x, self.weight, self.bias)
         return reduce_from_tp(paddle.matmul(x, self.weight)) + self.bias
 
 
@@ -85,6 +103,31 @@ def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: i
     """
     logits = local_logits.astype("float32").reshape([-1, local_logits.shape[-1]])
     labels = labels.reshape([-1])
+    if parallel_context().tp_degree == 1:
+        nll = _whole_vocab_nll(logits, labels, label_smoothing, ignore_index)
+    else:
+        nll = _split_vocab_nll(logits, labels, vocab_start, vocab_size, label_smoothing)
+    counted = (labels != ignore_index).astype("float32")
+    n_tokens = counted.sum()
+    return (nll * counted).sum() / paddle.clip(n_tokens, min=1.0), n_tokens
+
+
+def _whole_vocab_nll(logits, labels, label_smoothing: float, ignore_index: int):
+    """Per-token (smoothed) NLL when one rank holds the whole vocabulary.
+
+    Paddle's fused softmax-cross-entropy kernel makes one softmax pass forward and one pass
+    backward over the [tokens, vocab] logits; the split-vocabulary formula below costs about five
+    passes each way (measured at 1024 tokens x 32000: 62 ms vs 192 ms forward + backward).
+    """
+    nll = F.cross_entropy(logits, labels.unsqueeze(-1), ignore_index=ignore_index, reduction="none").reshape([-1])
+    if label_smoothing > 0:
+        mean_neg_log_p = paddle.logsumexp(logits, axis=-1) - logits.mean(axis=-1)
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * mean_neg_log_p
+    return nll
+
+
+def _split_vocab_nll(logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float):
+    """Per-token (smoothed) NLL from this rank's vocabulary slice, summed over the group."""
     shifted = logits - max_over_tp(logits.max(axis=-1, keepdim=True).detach())
     log_z = paddle.log(reduce_from_tp(paddle.exp(shifted).sum(axis=-1)))
     local = labels - vocab_start
@@ -95,6 +138,4 @@ def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: i
     if label_smoothing > 0:
         mean_logit = reduce_from_tp(shifted.sum(axis=-1)) / vocab_size
         nll = (1.0 - label_smoothing) * nll + label_smoothing * (log_z - mean_logit)
-    counted = (labels != ignore_index).astype("float32")
-    n_tokens = counted.sum()
-    return (nll * counted).sum() / paddle.clip(n_tokens, min=1.0), n_tokens
+    return nll

@@ -59,7 +59,9 @@ def clip_gradients(named_params, max_norm: float) -> float:
         if p.grad is None:
             continue
         g = p.grad
-        sq = (g.astype("float32") ** 2).sum().reshape([1])
+        # square, not `** 2`: Paddle's CPU pow kernel took 860 ms for the 41.6M gradients of a
+        # H512/L8/V32000 BLOOM, square 23 ms (and its sum stays as accurate).
+        sq = paddle.square(g.astype("float32")).sum().reshape([1])
         if ctx.tp_degree > 1 and tp_axis(name, len(p.shape)) is not None:
             split_sq = split_sq + sq
         else:
