@@ -18,4 +18,20 @@ def run_main(program: str, body) -> int:
         message = str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
         print(f"{program}: error: {message}", file=sys.stderr)
         return 2
+    leave_together()
     return 0
+
+
+def leave_together() -> None:
+    """Under the launcher, ranks that succeeded leave at the same moment.
+
+    A rank that tears down its collective group while another is still finishing its last
+    collective can crash on exit: CI once saw rank 0 of a TP=2 evaluation write its results and
+    then die with SIGSEGV, turning a correct run into a failed one. A rank that failed with a
+    user error never gets here; the launcher then stops the others.
+    """
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        import paddle.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()

@@ -96,8 +96,8 @@ def perplexity(model: str, text: str, out_file: str, log_dir: str) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output_dir", default="runs/demo")
-    p.add_argument("--pretrain_steps", type=int, default=500)
-    p.add_argument("--lora_steps", type=int, default=400)
+    p.add_argument("--pretrain_steps", type=int, default=800)
+    p.add_argument("--lora_steps", type=int, default=800)
     p.add_argument("--lora_learning_rate", default="3e-3")
     p.add_argument("--held_out", type=int, default=40, help="held-out prompts of the new instruction")
     a = p.parse_args(argv)
