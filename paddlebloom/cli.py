@@ -30,8 +30,6 @@ def leave_together() -> None:
     then die with SIGSEGV, turning a correct run into a failed one. A rank that failed with a
     user error never gets here; the launcher then stops the others.
     """
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
-        import paddle.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
+    dist = sys.modules.get("paddle.distributed")  # never imported: no group to leave (and Paddle-free tools stay so)
+    if dist is not None and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

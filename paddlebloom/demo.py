@@ -3,8 +3,8 @@
 Every stage is the command a user would type (run as a subprocess), so the demo exercises the
 real entry points: create a tiny BLOOM → pre-train it on a generated Chinese+English corpus and
 instructions of two families → teach it a new instruction with LoRA at tensor-parallel degree 2
-under paddle.distributed.launch → merge to one checkpoint → export the decode loop to a static program → answer held-out prompts
-with paddle.inference → perplexity before and after.
+under paddle.distributed.launch → merge to one checkpoint → export the decode loop to a static
+program → answer held-out prompts with paddle.inference → perplexity before and after.
 """
 import argparse
 import json

@@ -4,8 +4,7 @@ import os
 import subprocess
 
 from conftest import ROOT
-
-TARGET_FAMILY = "first_word"  # the instruction LoRA teaches in the demo (see paddlebloom/demo.py)
+from paddlebloom.demo import NEW_INSTRUCTION as TARGET_FAMILY
 
 
 def test_make_demo_learns_the_new_instruction(tmp_path):
