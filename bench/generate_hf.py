@@ -4,12 +4,12 @@
 """
 import argparse
 import json
-import resource
 import time
 
 import torch
 from transformers import BloomConfig, BloomForCausalLM
 
+from bench.common import peak_rss_mb
 from bench.generate_ours import prompts
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     produced = (out.shape[1] - ids.shape[1]) * out.shape[0]
     assert produced == a.batch * a.new_tokens, produced
     print(json.dumps({"tokens_per_s": produced / seconds, "seconds": seconds, "first_row": out[0, ids.shape[1]:ids.shape[1] + 8].tolist(),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ Both modes run with paddlebloom.deploy's MKL set-up (AVX2 kernels on AMD CPUs).
 """
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
+
+from bench.common import peak_rss_mb
 
 
 def prompts(batch: int, length: int, vocab: int):
@@ -81,7 +82,7 @@ def main() -> None:
     produced = sum(len(r) for r in out)
     assert produced == a.batch * a.new_tokens, produced
     print(json.dumps({"tokens_per_s": produced / seconds, "seconds": seconds, "first_row": [int(t) for t in out[0][:8]],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":
