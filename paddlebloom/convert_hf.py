@@ -1,6 +1,7 @@
-"""Convert a Hugging Face BLOOM directory into this suite's (PaddleNLP-layout) checkpoint.
+"""Convert a Hugging Face BLOOM directory into this suite's (PaddleNLP-layout) checkpoint, and back.
 
     python -m paddlebloom.convert_hf --hf_dir bloom-560m/ --output_dir bloom-560m-paddle/
+    python -m paddlebloom.convert_hf --to_hf --model_dir bloom-560m-paddle/ --output_dir bloom-560m-hf/
 
 Reads config.json, model.safetensors (or a sharded model.safetensors.index.json) and the
 tokenizer (tokenizer.json, or vocab.json + merges.txt). Safetensors are read directly (header +
@@ -18,7 +19,7 @@ from typing import Dict
 import numpy as np
 
 from .atomic import atomic_directory
-from .checkpoint import TOKENIZER_FILES, WEIGHTS, read_full_weights, save_weights
+from .checkpoint import TOKENIZER_FILES, WEIGHTS, read_full_weights, read_state_for_rank, save_weights
 from .cli import run_main
 from .config import BloomConfig
 from .tokenizer import BloomTokenizer
@@ -93,11 +94,42 @@ def convert(hf_dir: str, output_dir: str) -> dict:
     return {"parameters": int(sum(v.size for v in state.values())), "layers": config.n_layer, "hidden": config.hidden_size, "vocab": config.vocab_size}
 
 
+def to_hf(model_dir: str, output_dir: str) -> dict:
+    """Our checkpoint (merged, or TP shards) as a Hugging Face BLOOM directory: `transformer.` names,
+    Linear weights [out, in], one model.safetensors, config.json for transformers, the tokenizer."""
+    from safetensors.numpy import save_file
+
+    config = BloomConfig.load(model_dir)
+    state = {}
+    for name, value in read_state_for_rank(model_dir).items():
+        key = "transformer." + name[len("bloom."):]
+        state[key] = np.ascontiguousarray(value.T) if key.endswith(_LINEARS) else value
+    with atomic_directory(output_dir) as tmp:
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        raw = config.to_dict()
+        raw.pop("dtype", None)
+        raw.update(torch_dtype="float32", n_embed=config.hidden_size, num_attention_heads=config.n_head)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=2, sort_keys=True)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(model_dir, name)):
+                shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
+    return {"parameters": int(sum(v.size for v in state.values())), "output_dir": output_dir}
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Convert a Hugging Face BLOOM directory to a paddlebloom checkpoint.")
-    p.add_argument("--hf_dir", required=True)
+    p = argparse.ArgumentParser(description="Convert a Hugging Face BLOOM directory to a paddlebloom checkpoint (or back with --to_hf).")
+    p.add_argument("--hf_dir", help="the Hugging Face model directory to read")
+    p.add_argument("--to_hf", action="store_true", help="the other way: write --model_dir as a Hugging Face directory")
+    p.add_argument("--model_dir", help="with --to_hf: our checkpoint to read")
     p.add_argument("--output_dir", required=True)
     args = p.parse_args(argv)
+    if args.to_hf:
+        if not args.model_dir:
+            p.error("--to_hf needs --model_dir")
+        return run_main("convert_hf", lambda: print(json.dumps(to_hf(args.model_dir, args.output_dir))))
+    if not args.hf_dir:
+        p.error("--hf_dir is required (or --to_hf --model_dir)")
     return run_main("convert_hf", lambda: print(json.dumps(convert(args.hf_dir, args.output_dir))))
 
 

@@ -3,8 +3,8 @@
 Every stage is the command a user would type (run as a subprocess), so the demo exercises the
 real entry points: create a tiny BLOOM → pre-train it on a generated Chinese+English corpus and
 instructions of two families → teach it a new instruction with LoRA at tensor-parallel degree 2
-under paddle.distributed.launch → merge to one checkpoint → export the decode loop to a static
-program → answer held-out prompts with paddle.inference → perplexity before and after.
+under paddle.distributed.launch → merge to one checkpoint → export the step program (fp32 and
+weight-only int8) → answer held-out prompts with paddle.inference → perplexity before and after.
 """
 import argparse
 import json
@@ -86,6 +86,13 @@ def exact_match_by_family(answers_file: str) -> dict:
     return {fam: hits[fam] / counts[fam] for fam in counts}
 
 
+def same_predictions(a: str, b: str) -> float:
+    """Fraction of records whose predictions are identical in two answer files."""
+    with open(a, encoding="utf-8") as fa, open(b, encoding="utf-8") as fb:
+        pairs = [(json.loads(x)["prediction"], json.loads(y)["prediction"]) for x, y in zip(fa, fb)]
+    return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
 def perplexity(model: str, text: str, out_file: str, log_dir: str) -> float:
     stage(f"Perplexity {os.path.basename(model)}", ["eval/run_eval.py", "--model_name_or_path", model, "--eval_path", text, "--seq_length", "64",
                                                     "--overlapping_eval", "32", "--batch_size", "8", "--detokenizer", "none", "--output_file", out_file], log_dir)
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
     os.makedirs(logs, exist_ok=True)
     started = time.time()
     data = write_data(out, a.held_out)
-    base, pre, lora, merged, static = (os.path.join(out, n) for n in ("tiny", "pretrained", "lora", "merged", "inference"))
+    base, pre, lora, merged, static, static_int8 = (os.path.join(out, n) for n in ("tiny", "pretrained", "lora", "merged", "inference", "inference_int8"))
     stage("Create a tiny BLOOM", ["-m", "paddlebloom.create_tiny", "--output_dir", base, "--hidden_size", "128", "--n_layer", "4", "--n_head", "4",
                                   "--corpus", data["corpus.txt"], "--seed", "0"], logs)
     ppl_before = perplexity(base, data["eval_text.txt"], os.path.join(out, "ppl_before.json"), logs)
@@ -125,20 +132,25 @@ def main(argv=None) -> int:
                                                       "--lora_alpha", "32", "--lora_dropout", "0", "--lora_target_modules", "qkv,dense,dense_h_to_4h,dense_4h_to_h",
                                                       "--tensor_parallel_degree", "2", *common], logs)
     stage("Merge LoRA into one checkpoint", ["predict/predict_generation.py", "--model_name_or_path", pre, "--lora_path", lora, "--save_onepiece_model_path", merged], logs)
-    stage("Export the decode loop to a static program", ["export/export_generation_model.py", "--model_name_or_path", merged,
-                                                         "--output_path", os.path.join(static, "bloom")], logs)
+    stage("Export the step program", ["export/export_generation_model.py", "--model_name_or_path", merged, "--output_path", os.path.join(static, "bloom")], logs)
     answers = os.path.join(out, "answers.jsonl")
     stage("Answer held-out prompts with paddle.inference", ["deploy/infer_generation.py", "--model_dir", static, "--data_file", data["held_out.jsonl"],
                                                             "--output_file", answers, "--max_new_tokens", "12", "--batch_size", "25"], logs)
+    stage("Export with weight-only int8", ["export/export_generation_model.py", "--model_name_or_path", merged, "--output_path",
+                                           os.path.join(static_int8, "bloom"), "--quant_type", "weight_only_int8"], logs)
+    answers_int8 = os.path.join(out, "answers_int8.jsonl")
+    stage("Answer them with the int8 program", ["deploy/infer_generation.py", "--model_dir", static_int8, "--data_file", data["held_out.jsonl"],
+                                                "--output_file", answers_int8, "--max_new_tokens", "12", "--batch_size", "25"], logs)
     ppl_pre = perplexity(pre, data["eval_text.txt"], os.path.join(out, "ppl_pretrained.json"), logs)
     ppl_merged = perplexity(merged, data["eval_text.txt"], os.path.join(out, "ppl_merged.json"), logs)
     pre_hist = json.load(open(os.path.join(pre, "metrics.json")))["train_history"]
     lora_hist = json.load(open(os.path.join(lora, "metrics.json")))["train_history"]
     exact_before, exact = exact_match_by_family(answers_before), exact_match_by_family(answers)
+    same_int8 = same_predictions(answers, answers_int8)
     summary = {"pretrain_loss": [pre_hist[0]["loss"], pre_hist[-1]["loss"]], "lora_loss": [lora_hist[0]["loss"], lora_hist[-1]["loss"]],
                "ppl": {"new": ppl_before, "pretrained": ppl_pre, "merged": ppl_merged},
-               "held_out_exact_match_before_lora": exact_before, "held_out_exact_match": exact,
-               "artefacts": {"merged": merged, "static": static, "answers": answers, "loss_curves": [os.path.join(pre, "loss_curve.png"), os.path.join(lora, "loss_curve.png")]},
+               "held_out_exact_match_before_lora": exact_before, "held_out_exact_match": exact, "int8_answers_equal_fp32": same_int8,
+               "artefacts": {"merged": merged, "static": static, "static_int8": static_int8, "answers": answers, "answers_int8": answers_int8, "loss_curves": [os.path.join(pre, "loss_curve.png"), os.path.join(lora, "loss_curve.png")]},
                "seconds": round(time.time() - started, 1)}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -148,6 +160,7 @@ def main(argv=None) -> int:
     print(f"   perplexity on held-out generated text: {ppl_before:.1f} (new) -> {ppl_pre:.1f} (pre-trained) -> {ppl_merged:.1f} (after LoRA, merged)")
     for fam in exact:
         print(f"   held-out '{fam}' prompts (the new instruction), exact match: {exact_before[fam]:.0%} before LoRA -> {exact[fam]:.0%} after (static model)")
+    print(f"   weight-only int8 program: {same_int8:.0%} of the held-out answers identical to float32")
     with open(answers, encoding="utf-8") as f:
         for r in [json.loads(l) for l in f][:4]:
             print(f"     {r['instruction']} {r['input']!r:>24} -> {r['prediction']!r} (expected {r['output']!r})")

@@ -39,6 +39,14 @@ def launch(args, log_dir, nproc=2, check=True, timeout=600):
     return proc
 
 
+def require_hf_venv():
+    """The peer venv (.venv-hf): CI always has it (fail there), a developer may not (skip)."""
+    if not os.path.exists(HF_PY):
+        if os.environ.get("CI") == "true":
+            raise AssertionError("the peer venv is missing: make test builds it (make hf-venv)")
+        pytest.skip("no .venv-hf (make hf-venv)")
+
+
 def shared_file(*parts):
     """A file from ../shared/data: CI always has it (fail there), a developer may not (skip)."""
     path = os.path.join(SHARED_DATA, *parts)

@@ -28,3 +28,7 @@ def test_make_demo_learns_the_new_instruction(tmp_path):
     for png in summary["artefacts"]["loss_curves"]:
         assert os.path.getsize(png) > 1000
     assert os.path.exists(os.path.join(summary["artefacts"]["static"], "bloom.json"))
+    # Weight-only int8 (issue 12): every greedy answer of the held-out prompts unchanged.
+    assert summary["int8_answers_equal_fp32"] == 1.0, summary
+    with open(summary["artefacts"]["answers_int8"], encoding="utf-8") as f:
+        assert [json.loads(line)["prediction"] for line in f] == [a["prediction"] for a in answers]

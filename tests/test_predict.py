@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import HF_PY, ROOT, launch, run_py
+from conftest import HF_PY, ROOT, launch, require_hf_venv, run_py
 from paddlebloom.generation import GenerationConfig, generate_ids, left_pad
 from paddlebloom.loading import load_model
 
@@ -112,10 +112,7 @@ def test_prefix_is_saved_alongside_the_merged_checkpoint(trained_tiny, tmp_path)
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_dir, tmp_path_factory):
-    if not os.path.exists(HF_PY):
-        if os.environ.get("CI") == "true":
-            raise AssertionError("the peer venv is missing: make test builds it (make hf-venv)")
-        pytest.skip("no .venv-hf (make hf-venv)")
+    require_hf_venv()
     base = tmp_path_factory.mktemp("hf")
     subprocess.run([HF_PY, os.path.join(ROOT, "tests", "workers", "hf_bloom.py"), str(base / "hf"), tiny_dir, str(base / "ref.npz")],
                    check=True, capture_output=True, timeout=600)

@@ -2,7 +2,8 @@
 
 Records of any training format become prompts exactly as in training (`prompt_for_prediction`);
 without --data_file, each stdin line is one raw prompt. Each output line is the input record
-plus "prediction". Per batch we print latency and new tokens/s to stderr.
+plus "prediction". Up to --batch_size prompts decode together; when one finishes, the next
+prompt takes its place at the next step. We print the time and new tokens/s to stderr.
 """
 import argparse
 import json
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float)
     p.add_argument("--temperature", type=float)
     p.add_argument("--repetition_penalty", type=float)
+    p.add_argument("--num_beams", type=int, help="beam search: beams per prompt (with --decode_strategy beam_search)")
+    p.add_argument("--length_penalty", type=float, help="beam search: hypotheses score sum(log p) / length ** length_penalty")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -52,9 +55,11 @@ def run(args) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
     template = get_template(args.template)
-    predictor = GenerationPredictor(args.model_dir, args.model_prefix, device=args.device, cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn, precision=args.precision)
+    predictor = GenerationPredictor(args.model_dir, args.model_prefix, max_batch_size=args.batch_size, device=args.device, cpu_threads=args.cpu_threads,
+                                    enable_mkldnn=args.enable_mkldnn, precision=args.precision)
     defaults = predictor.generation_config
-    sampling = Sampling(**{k: (getattr(args, k) if getattr(args, k) is not None else defaults.get(k, getattr(Sampling, k))) for k in Sampling.__dataclass_fields__})
+    flags = [k for k in Sampling.__dataclass_fields__ if hasattr(args, k)]
+    sampling = predictor.settings(Sampling(**{k: (getattr(args, k) if getattr(args, k) is not None else defaults.get(k, getattr(Sampling, k))) for k in flags}))
     sampling.validate()
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     items = read_prompts(args, template)  # every input error surfaces before any generation
@@ -62,20 +67,15 @@ def run(args) -> None:
     for (n, _, _), ids in zip(items, encoded):
         if not ids:
             raise DataError(f"{args.data_file or '<stdin>'}:{n}: prompt is empty")
-    lines, total_tokens, total_time = [], 0, 0.0
-    for start in range(0, len(items), args.batch_size):
-        batch = encoded[start : start + args.batch_size]
-        began = time.perf_counter()
-        outputs = predictor.generate(batch, sampling)
-        seconds = time.perf_counter() - began
-        new = sum(len(o) for o in outputs)
-        total_tokens, total_time = total_tokens + new, total_time + seconds
-        print(f"batch {start // args.batch_size + 1}: {len(batch)} prompts, {new} new tokens, latency {seconds * 1000:.1f} ms, {new / seconds:.1f} tokens/s", file=sys.stderr)
-        for (n, record, prompt), ids in zip(items[start : start + args.batch_size], outputs):
-            text = tokenizer.decode(ids)
-            lines.append(json.dumps({**record, "prediction": text} if record is not None else {"prompt": prompt, "prediction": text}, ensure_ascii=False))
-    if total_time > 0:
-        print(f"total: {len(items)} prompts, {total_tokens} new tokens, {total_time:.2f} s, {total_tokens / total_time:.1f} tokens/s", file=sys.stderr)
+    began = time.perf_counter()
+    outputs = predictor.generate(encoded, sampling)
+    seconds = time.perf_counter() - began
+    new = sum(len(o) for o in outputs)
+    print(f"{len(items)} prompts, {new} new tokens, {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s (up to {args.batch_size} at once)", file=sys.stderr)
+    lines = []
+    for (n, record, prompt), ids in zip(items, outputs):
+        text = tokenizer.decode(ids)
+        lines.append(json.dumps({**record, "prediction": text} if record is not None else {"prompt": prompt, "prediction": text}, ensure_ascii=False))
     body = "".join(line + "\n" for line in lines)
     if args.output_file:
         def write(tmp):

@@ -1,45 +1,24 @@
-"""Run an exported generation program with `paddle.inference`: no dygraph model, no PaddleNLP at run time.
+"""Run an exported step program with `paddle.inference`: no dygraph model, no PaddleNLP at run time.
 
-Imports stay light on purpose (tokenizer, JSON, paddle.inference): deployment must not need the
-training code or the model class.
+The program is one step of the model over a persistent KV cache (export/exporter.py); the
+engine (paddlebloom.engine) owns the cache and decides what each call computes. Imports stay
+light on purpose: deployment needs the program, its tokenizer and our C++ ops, not the training code.
 """
 import json
 import os
-from dataclasses import dataclass
-from typing import List, Sequence
+from dataclasses import replace
+from typing import List, Optional, Sequence
 
 import numpy as np
 from paddle import inference
 
-from ..export.program import GREEDY, INPUTS, SAMPLING
+from .. import ops
+from ..engine import GenerationConfig, StepEngine
+from ..engine.backends import STEP_INPUTS, InferenceBackend, read_export_info
+from ..engine.settings import STRATEGIES  # noqa: F401 - the deploy CLI's choices
 
-STRATEGIES = {"greedy_search": GREEDY, "sampling": SAMPLING}
 PRECISIONS = ("fp32", "bf16", "int8")
-
-
-@dataclass
-class Sampling:
-    decode_strategy: str = "greedy_search"
-    max_new_tokens: int = 64
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.decode_strategy not in STRATEGIES:
-            raise ValueError(f"--decode_strategy {self.decode_strategy}: choose from {', '.join(STRATEGIES)}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max_new_tokens {self.max_new_tokens}: must be >= 1")
-        if self.top_k < 0:
-            raise ValueError(f"--top_k {self.top_k}: must be >= 0 (0 = no top-k)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"--top_p {self.top_p}: must be in (0, 1]")
-        if self.temperature <= 0.0:
-            raise ValueError(f"--temperature {self.temperature}: must be > 0 (use --decode_strategy greedy_search for argmax)")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError(f"--repetition_penalty {self.repetition_penalty}: must be > 0")
+Sampling = GenerationConfig  # the deploy scripts' name for the one settings type
 
 
 def find_model(model_dir: str, model_prefix: str):
@@ -63,28 +42,20 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int = 0, enable_mkldnn: bool = False, precision: str = "fp32", weights_dtype: str = "float32") -> inference.Config:
+def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int = 0, enable_mkldnn: bool = False, precision: str = "fp32", weights: str = "float32") -> inference.Config:
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
-    if weights_dtype == "bfloat16" and device == "cpu" and not (enable_mkldnn and _cpu_has_bf16()):
-        # Paddle's plain CPU kernels have no bf16 matmul: the run would die with a bare std::exception.
-        raise ValueError(f"{program}: exported with --dtype bfloat16, which runs on CPU only with --enable_mkldnn on a CPU with avx512_bf16/amx_bf16 (re-export with --dtype float32)")
-    if precision == "int8":
-        # Weight-only int8 needs a model quantised at export time; this program holds float weights.
-        raise ValueError("--precision int8: unsupported for this export (weight-only int8 quantisation is not implemented yet)")
+    if precision == "int8" and weights != "weight_only_int8":
+        # Weight-only int8 is a property of the exported weights, not a run-time switch.
+        raise ValueError(f"--precision int8: {program} holds {weights} weights; export with --quant_type weight_only_int8")
+    if precision == "bf16" and weights != "float32":
+        raise ValueError(f"--precision bf16: converts a float32 program with oneDNN; {program} already holds {weights} weights")
     config = inference.Config(program, params)
     config.disable_glog_info()  # the optimiser's pass log would bury the per-batch numbers
-    if device == "gpu":
-        import paddle
-
-        if not paddle.is_compiled_with_cuda():
-            raise ValueError("--device gpu: this Paddle build has no CUDA (install Paddle's GPU wheel)")
-        if precision == "bf16":
-            raise ValueError("--precision bf16: supported on CPU (oneDNN) only")
-        config.enable_use_gpu(256, 0)
-        return config
     if device != "cpu":
-        raise ValueError(f"--device {device}: choose cpu or gpu")
+        # The step program's attention-over-cache kernel is ours and CPU-only; GPU serving of BLOOM is
+        # PaddleNLP's block-attention predictor (llm/predict), which this suite's checkpoints load into.
+        raise ValueError(f"--device {device}: the exported step program runs on CPU (its cache-attention kernel is CPU-only); on GPUs use PaddleNLP's llm predictor with this checkpoint")
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1))
     if precision == "bf16":
@@ -102,60 +73,36 @@ def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int
 
 
 class GenerationPredictor:
-    """Left-pads a batch of token-id prompts, runs the program, returns the new ids before EOS."""
+    """Generates from token-id prompts with the exported step program: up to `max_batch_size`
+    prompts decode together, and a finished one's cache slot goes to the next prompt."""
 
-    def __init__(self, model_dir: str, model_prefix: str = "bloom", **config_kw):
+    def __init__(self, model_dir: str, model_prefix: str = "bloom", max_batch_size: int = 8, **config_kw):
         program, params = find_model(model_dir, model_prefix)
-        info_path = os.path.join(model_dir, "export_info.json")
-        info = {}
-        if os.path.isfile(info_path):
-            with open(info_path, encoding="utf-8") as f:
-                info = json.load(f)
-        self.predictor = inference.create_predictor(make_config(program, params, weights_dtype=info.get("dtype", "float32"), **config_kw))
-        names = self.predictor.get_input_names()
-        expected = [n for n, _, _ in INPUTS]
-        if sorted(names) != sorted(expected):
-            raise ValueError(f"{program}: inputs {names} are not those of a generation program ({expected}); re-export it")
+        info = read_export_info(model_dir)
+        if info.get("program") != "step":
+            raise ValueError(f"{program}: not a step program (exported by an older version of this suite); re-export it with export/export_generation_model.py")
+        threads = config_kw.get("cpu_threads") or os.cpu_count() or 1
+        ops.set_num_threads(threads)
+        ops.register_for_inference()  # the program's custom kernels, before the predictor parses it
+        predictor = inference.create_predictor(make_config(program, params, weights=info.get("weights", "float32"), **config_kw))
+        names = predictor.get_input_names()
+        if sorted(names) != sorted(STEP_INPUTS):
+            raise ValueError(f"{program}: inputs {names} are not those of a step program ({list(STEP_INPUTS)}); re-export it")
+        prefix_path = os.path.join(model_dir, "prefix_kv.npy")
+        prefix_kv = np.load(prefix_path) if os.path.isfile(prefix_path) else None
+        self.engine = StepEngine(InferenceBackend(predictor, info), slots=max_batch_size, max_len=256, prefix_kv=prefix_kv)
+        self.info = info
         with open(os.path.join(model_dir, "generation_config.json"), encoding="utf-8") as f:
             self.generation_config = json.load(f)
         self.eos_token_id = int(self.generation_config["eos_token_id"])
         self.pad_token_id = int(self.generation_config["pad_token_id"])
 
-    def pad(self, prompts: Sequence[Sequence[int]]):
-        width = max(len(p) for p in prompts)
-        ids = np.full([len(prompts), width], self.pad_token_id, dtype="int64")
-        mask = np.zeros([len(prompts), width], dtype="int64")
-        for row, prompt in enumerate(prompts):
-            if len(prompt):
-                ids[row, width - len(prompt):] = prompt
-                mask[row, width - len(prompt):] = 1
-        return ids, mask
+    def settings(self, sampling: GenerationConfig) -> GenerationConfig:
+        """The request's settings with this model's EOS and pad ids."""
+        return replace(sampling, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling) -> List[List[int]]:
-        sampling.validate()
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: GenerationConfig, seeds: Optional[Sequence[int]] = None) -> List[List[int]]:
+        """New token ids of each prompt, EOS excluded."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: nothing to generate from")
-        ids, mask = self.pad(prompts)
-        feed = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "max_new_tokens": np.array([sampling.max_new_tokens], dtype="int64"),
-            "strategy": np.array([STRATEGIES[sampling.decode_strategy]], dtype="int64"),
-            "top_k": np.array([sampling.top_k], dtype="int64"),
-            "top_p": np.array([sampling.top_p], dtype="float32"),
-            "temperature": np.array([sampling.temperature], dtype="float32"),
-            "repetition_penalty": np.array([sampling.repetition_penalty], dtype="float32"),
-            "eos_token_id": np.array([self.eos_token_id], dtype="int64"),
-            "pad_token_id": np.array([self.pad_token_id], dtype="int64"),
-            "seed": np.array([sampling.seed], dtype="int64"),
-        }
-        for name, value in feed.items():
-            self.predictor.get_input_handle(name).copy_from_cpu(value)
-        self.predictor.run()
-        out = self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
-        return [cut_at_eos(row.tolist(), self.eos_token_id) for row in out]
-
-
-def cut_at_eos(ids: List[int], eos: int) -> List[int]:
-    """Tokens before the first EOS (the program pads after it); as paddlebloom.generation returns them."""
-    return ids[: ids.index(eos)] if eos in ids else ids
+        return self.engine.generate(prompts, self.settings(sampling), seeds)

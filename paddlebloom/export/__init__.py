@@ -1,1 +1,1 @@
-"""Export of the whole generation loop (prefill + KV-cached decode + sampling) as one static program."""
+"""Export of the step model (new tokens + persistent KV cache in, last-token logits out) as a paddle.inference program."""

@@ -1,10 +1,12 @@
-"""Load a checkpoint (+ LoRA folded in, + prefix baked in), trace the decode loop, write a deployable directory.
+"""Load a checkpoint (+ LoRA folded in, + prefix), trace the step model, write a deployable directory.
 
 The output directory holds only what deployment reads:
-  NAME.json + NAME.pdiparams    the program (Paddle 3 PIR; legacy Paddle writes NAME.pdmodel)
+  NAME.json + NAME.pdiparams    the step program (Paddle 3 PIR; legacy Paddle writes NAME.pdmodel):
+                                new tokens + KV cache in, last-token logits out (engine/step_model.py)
+  prefix_kv.npy                 a prefix adapter's keys/values, copied into each request's cache slot
   tokenizer files               so prompts are encoded exactly as in training
-  generation_config.json        eos/pad/bos ids and default sampling settings
-  export_info.json              what was exported from what (source, adapters, dtype, input names)
+  generation_config.json        eos/pad/bos ids and default generation settings
+  export_info.json              what was exported from what (source, adapters, weights, shapes, inputs)
 It is written to a temporary sibling and renamed, so a failed export leaves no half-written model;
 the directory is one model's (its tokenizer and generation config are per directory).
 """
@@ -12,63 +14,93 @@ import json
 import os
 from typing import Optional
 
+import numpy as np
 import paddle
 from paddle.static import InputSpec
 
 from ..checkpoint import atomic_directory, copy_tokenizer
-from ..loading import load_model, resolve_model_dir
 from ..deploy.predictor import find_model
-from .program import INPUTS, GenerationProgram
+from ..engine.backends import STEP_INPUTS
+from ..engine.step_model import StepModel
+from ..loading import load_model, resolve_model_dir
+from ..ops import OpsUnavailable, load as load_ops
 
 DTYPES = ("float32", "bfloat16")
-GENERATION_DEFAULTS = {"decode_strategy": "greedy_search", "max_new_tokens": 64, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0}
+QUANT_TYPES = ("weight_only_int8",)
+PREFIX_KV = "prefix_kv.npy"
+GENERATION_DEFAULTS = {"decode_strategy": "greedy_search", "max_new_tokens": 64, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
+                       "repetition_penalty": 1.0, "num_beams": 1, "length_penalty": 1.0}
 
 
-def stacked_prefix(prefix_model) -> paddle.Tensor:
-    """The prefix adapter's keys and values for batch 1 as one tensor [2 * n_layer, 1, heads, n_prefix, head_dim]."""
+def stacked_prefix(prefix_model) -> np.ndarray:
+    """A prefix adapter's keys and values as [2 * n_layer, heads, n_prefix, head_dim] (keys first)."""
+    prefix_model.eval()  # no prefix dropout in what we bake in
     with paddle.no_grad():
         kv = prefix_model.prefix_past_key_values(1)
-    return paddle.stack([k for k, _ in kv] + [v for _, v in kv]).detach()
+    return np.stack([k.numpy()[0] for k, _ in kv] + [v.numpy()[0] for _, v in kv])
 
 
-def build_program(model) -> GenerationProgram:
-    if hasattr(model, "prefix_past_key_values"):
-        model.eval()  # no prefix dropout in what we bake in
-        program = GenerationProgram(model.model, stacked_prefix(model))
-    else:
-        program = GenerationProgram(model)
-    program.eval()
-    return program
-
-
-def export_generation(model_name_or_path: str, output_path: str, lora_path: Optional[str] = None, prefix_path: Optional[str] = None, dtype: str = "float32") -> str:
-    """Write the generation program to `output_path` (DIR/NAME); returns the path of the program file."""
+def weight_kind(dtype: str, quant_type: Optional[str]) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype}: choose from {', '.join(DTYPES)}")
+    if quant_type and quant_type not in QUANT_TYPES:
+        raise ValueError(f"--quant_type {quant_type}: choose from {', '.join(QUANT_TYPES)}")
+    if quant_type and dtype != "float32":
+        raise ValueError(f"--quant_type {quant_type} stores int8 weights with float32 scales: leave --dtype at float32")
+    return quant_type or dtype
+
+
+def step_input_spec(config, local_heads: int):
+    return [
+        InputSpec([None, None], "int64", name="input_ids"),
+        InputSpec([config.n_layer, 2, None, local_heads, None, config.head_dim], "float32", name="cache"),
+        InputSpec([None], "int64", name="slots"),
+        InputSpec([None], "int64", name="past"),
+        InputSpec([None], "int64", name="lens"),
+    ]
+
+
+def export_generation(model_name_or_path: str, output_path: str, lora_path: Optional[str] = None, prefix_path: Optional[str] = None,
+                      dtype: str = "float32", quant_type: Optional[str] = None) -> str:
+    """Write the step program to `output_path` (DIR/NAME); returns the path of the program file."""
+    kind = weight_kind(dtype, quant_type)
     directory, name = os.path.split(os.path.abspath(output_path))
     if not name:
         raise ValueError(f"--output_path {output_path}: give DIR/NAME, e.g. inference/bloom")
+    try:
+        load_ops()  # the program's kernels are ours: fail before loading a large model if they cannot be built
+    except OpsUnavailable as e:
+        raise ValueError(f"cannot export: {e}") from None
     source = resolve_model_dir(model_name_or_path)
     model, tokenizer, config = load_model(source, lora_path=lora_path, prefix_path=prefix_path, merge_lora=True)
-    program = build_program(model)
-    if dtype != "float32":
-        program.to(dtype=dtype)
-    spec = [InputSpec(shape, dt, name=n) for n, shape, dt in INPUTS]
-    static = paddle.jit.to_static(program, input_spec=spec, full_graph=True)
+    prefix_kv = None
+    if hasattr(model, "prefix_past_key_values"):
+        prefix_kv, model = stacked_prefix(model), model.model
+    step = StepModel(model, kind)
+    static = paddle.jit.to_static(step, input_spec=step_input_spec(config, step.local_heads), full_graph=True)
     with atomic_directory(directory) as tmp:
         paddle.jit.save(static, os.path.join(tmp, name))
         find_model(tmp, name)  # fail here, before the rename, if Paddle wrote something unexpected
         copy_tokenizer(source, tmp)
+        if prefix_kv is not None:
+            np.save(os.path.join(tmp, PREFIX_KV), prefix_kv.astype(np.float32))
         generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **GENERATION_DEFAULTS}
         _write_json(os.path.join(tmp, "generation_config.json"), generation)
         info = {
             "model_prefix": name,
+            "program": "step",
             "source": source,
             "lora_path": lora_path,
             "prefix_path": prefix_path,
+            "weights": kind,
             "dtype": dtype,
+            "quant_type": quant_type,
+            "n_layer": config.n_layer,
+            "n_head": config.n_head,
+            "head_dim": config.head_dim,
             "vocab_size": config.vocab_size,
-            "inputs": [n for n, _, _ in INPUTS],
+            "n_prefix": 0 if prefix_kv is None else int(prefix_kv.shape[2]),
+            "inputs": list(STEP_INPUTS),
             "paddle_version": paddle.__version__,
         }
         _write_json(os.path.join(tmp, "export_info.json"), info)

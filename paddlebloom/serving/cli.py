@@ -30,9 +30,9 @@ def parse_args(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8080, help="0: any free port (the chosen one is printed)")
     p.add_argument("--template", default="belle", choices=sorted(TEMPLATES), help="chat prompt template the model was trained with")
-    p.add_argument("--max_batch_size", type=int, default=8, help="requests decoded together in one program call")
+    p.add_argument("--max_batch_size", type=int, default=8, help="requests decoded together (each holds a KV-cache slot)")
     p.add_argument("--max_concurrent", type=int, default=32, help="requests running or queued; more get HTTP 429")
-    p.add_argument("--chunk_tokens", type=int, default=8, help="new tokens per program call: smaller streams sooner and admits new requests sooner, larger re-reads the context less often")
+    p.add_argument("--chunk_tokens", type=int, default=1, help="new tokens per streamed event (every step decodes one token per request)")
     p.add_argument("--batch_wait_ms", type=float, default=10.0, help="when idle, how long the first request waits for others to share its batch")
     p.add_argument("--max_new_tokens", type=int, default=512, help="the largest max_tokens a request may ask for")
     p.add_argument("--max_prompt_tokens", type=int, default=1024, help="longer prompts get HTTP 400 (chat drops its oldest turns first)")
@@ -60,10 +60,11 @@ def build(args):
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
     template = get_template(args.template)
-    predictor = GenerationPredictor(args.model_dir, args.model_prefix, device=args.device, cpu_threads=args.cpu_threads,
-                                    enable_mkldnn=args.enable_mkldnn, precision=args.precision)
+    predictor = GenerationPredictor(args.model_dir, args.model_prefix, max_batch_size=args.max_batch_size, device=args.device,
+                                    cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn, precision=args.precision)
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
-    engine = Engine(predictor, args.max_batch_size, args.max_concurrent, args.chunk_tokens, args.batch_wait_ms)
+    engine = Engine(predictor, args.max_batch_size, args.max_concurrent, args.chunk_tokens, args.batch_wait_ms,
+                    max_context=args.max_prompt_tokens + args.max_new_tokens)
     limits = api.Limits(args.max_prompt_tokens, args.max_new_tokens, predictor.generation_config)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir)) or args.model_prefix
     app = App(engine, tokenizer, template, limits, name, args.max_body_bytes, args.access_log)

@@ -1,33 +1,26 @@
-"""Chunked continuous batching over the exported whole-loop generation program.
+"""Continuous batching on the step-wise engine: requests join and leave the running batch between steps.
 
-The program decodes a whole answer per call and takes one set of sampling scalars for its batch,
-so we call it for a *chunk* of new tokens at a time: each call gets, for every running request,
-its prompt plus the tokens it has produced so far, left-padded into one batch. Between calls the
-scheduler hands the new tokens to each request's queue (so streaming sees them), drops requests
-that are done (EOS, max_new_tokens, cancelled) and admits waiting ones. A request therefore joins
-a running batch at the next chunk boundary instead of waiting for the batch's longest answer.
+Each request owns a KV-cache slot from admission to its end, so its context is computed once (the
+prefill) and every later call feeds one token per running request. One scheduler thread is the
+only caller of the program. Per iteration it drops cancelled requests, admits waiting ones into
+free slots (their prefill is one call), runs one decode step for the others, hands each request
+its new tokens (grouped `chunk_tokens` to a streamed event) and frees the slots of finished ones.
 
-Re-reading the context every chunk costs a prefill per chunk; with chunks of 8+ tokens that is
-the price of not exporting a second (single-step) program. Greedy tokens do not depend on the
-chunking: each chunk starts from exactly the context the whole loop would have had, and the
-repetition penalty's seen-token set is rebuilt from it.
-
-Batching groups requests by their sampling scalars (the program shares them across the batch).
-Sampling with an explicit seed runs in a batch of its own: the program's per-row generator
-depends on the row index and the batch seed, so only alone is the answer a function of
-(prompt, settings, seed). Unseeded sampling requests batch with each other freely.
+Every request keeps its own settings and random stream (paddlebloom.engine.sampler), so greedy,
+sampling and seeded sampling share batches: a seeded answer depends on (prompt, settings, seed)
+only, whatever else runs beside it.
 """
 import itertools
 import queue
+import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..deploy.predictor import GenerationPredictor, Sampling
-
-_MIX = 0x9E3779B1  # odd multiplier: spreads consecutive chunk numbers over the seed space
+from ..engine import Sequence
 
 
 class ServerBusy(Exception):
@@ -37,7 +30,7 @@ class ServerBusy(Exception):
 @dataclass
 class Job:
     """One generation request as the scheduler sees it; `events` receives lists of new token ids,
-    then a final ("done", finish_reason) tuple."""
+    then a final ("done", finish_reason, message) tuple."""
 
     prompt: List[int]
     sampling: Sampling
@@ -48,27 +41,21 @@ class Job:
     id: int = 0
     chunks: int = 0
     finish_reason: Optional[str] = None
+    sequence: Optional[Sequence] = None
+    unsent: List[int] = field(default_factory=list)
 
     def cancel(self) -> None:
         """Called by the HTTP side when the client is gone or a stop string was seen."""
         self.cancelled.set()
 
-    def batch_key(self):
-        s = self.sampling
-        if s.decode_strategy == "greedy_search":
-            return ("greedy", s.repetition_penalty)
-        key = ("sampling", s.top_k, s.top_p, s.temperature, s.repetition_penalty)
-        return key + (("seeded", self.id),) if self.seeded else key
-
 
 class Engine:
-    """Owns the predictor; one scheduler thread is the only caller of the program."""
-
     def __init__(self, predictor: GenerationPredictor, max_batch_size: int = 8, max_concurrent: int = 32,
-                 chunk_tokens: int = 8, batch_wait_ms: float = 10.0):
+                 chunk_tokens: int = 1, batch_wait_ms: float = 10.0, max_context: int = 2048):
         if max_batch_size < 1 or max_concurrent < 1 or chunk_tokens < 1 or batch_wait_ms < 0:
             raise ValueError("--max_batch_size, --max_concurrent and --chunk_tokens must be >= 1 and --batch_wait_ms >= 0")
-        self.predictor = predictor
+        self.predictor, self.steps = predictor, predictor.engine
+        self.steps.cache.ensure(max_batch_size, self.steps.n_prefix + max_context)
         self.max_batch_size, self.max_concurrent = max_batch_size, max_concurrent
         self.chunk_tokens, self.batch_wait = chunk_tokens, batch_wait_ms / 1000.0
         self._lock = threading.Lock()
@@ -76,7 +63,6 @@ class Engine:
         self._waiting: List[Job] = []
         self._active: List[Job] = []
         self._ids = itertools.count(1)
-        self._unseeded_chunks = itertools.count()
         self._stopping = False
         self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected_busy": 0, "program_calls": 0,
                       "tokens_generated": 0, "max_batch_size_seen": 0, "busy_seconds": 0.0}
@@ -86,6 +72,7 @@ class Engine:
 
     # ---- the HTTP side
     def submit(self, prompt: List[int], sampling: Sampling, seeded: bool = False) -> Job:
+        sampling = self.predictor.settings(sampling)
         sampling.validate()
         if not prompt:
             raise ValueError("empty prompt: nothing to generate from")
@@ -105,7 +92,8 @@ class Engine:
         with self._lock:
             return {**self.stats, "active": len(self._active), "waiting": len(self._waiting),
                     "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                    "max_batch_size": self.max_batch_size, "max_concurrent": self.max_concurrent, "chunk_tokens": self.chunk_tokens}
+                    "max_batch_size": self.max_batch_size, "max_concurrent": self.max_concurrent, "chunk_tokens": self.chunk_tokens,
+                    "free_slots": self.steps.cache.free_slots()}
 
     def close(self) -> None:
         with self._lock:
@@ -114,83 +102,97 @@ class Engine:
         self._thread.join(timeout=30)
 
     # ---- the scheduler thread
-    def _admit(self) -> bool:
-        """Move waiting jobs into the running set; when idle, block for one and then give others
-        a short window to arrive so they share its first chunk. False when stopping."""
+    def _wait_for_work(self) -> bool:
+        """When idle, block for a request and give others a short window to share its prefill.
+        False when stopping."""
         with self._lock:
             if not self._active:
                 while not self._waiting and not self._stopping:
                     self._arrived.wait()
-                if self._stopping:
-                    return False
                 deadline = time.monotonic() + self.batch_wait
                 while len(self._waiting) < self.max_batch_size and not self._stopping:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._arrived.wait(left)
-            self._active.extend(self._waiting)
-            self._waiting.clear()
             return not self._stopping
 
+    def _admit(self) -> List[Job]:
+        """Waiting jobs that get a slot now, oldest first."""
+        joining = []
+        with self._lock:
+            while self._waiting and len(self._active) < self.max_batch_size:
+                job = self._waiting.pop(0)
+                self._active.append(job)
+                joining.append(job)
+        for job in list(joining):
+            seed = job.sampling.seed if job.seeded else random.randrange(2**31)
+            try:
+                job.sequence = self.steps.start(job.prompt, job.sampling, seed)
+            except ValueError as e:  # longer than the cache: this request's fault, nobody else's
+                joining.remove(job)
+                self._finish(job, "error", str(e))
+        return joining
+
     def _run(self) -> None:
-        while self._admit():
+        while self._wait_for_work():
             for job in [j for j in self._active if j.cancelled.is_set()]:
                 self._finish(job, "cancelled")
-            if not self._active:
-                continue
-            # The oldest request picks the group, so no request waits behind a stream of others.
-            key = self._active[0].batch_key()
-            batch = [j for j in self._active if j.batch_key() == key][: self.max_batch_size]
-            try:
-                self._step(batch)
-            except Exception as e:  # noqa: BLE001 - a failed call must fail its requests, not the server
-                for job in batch:
-                    self._finish(job, "error", f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            running = [j for j in self._active if j.sequence is not None]
+            joining = self._admit()
+            for batch, call in ((joining, self.steps.prefill), (running, self.steps.decode)):
+                if not batch:
+                    continue
+                try:
+                    began = time.perf_counter()
+                    tokens = call([j.sequence for j in batch])
+                    self._account(len(batch), time.perf_counter() - began)
+                except Exception as e:  # noqa: BLE001 - a failed call must fail its requests, not the server
+                    for job in batch:
+                        self._finish(job, "error", f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    continue
+                for job, token in zip(batch, tokens):
+                    self._deliver(job, token)
         with self._lock:
             leftovers = self._active + self._waiting
             self._active, self._waiting = [], []
         for job in leftovers:
+            if job.sequence is not None:
+                self.steps.release(job.sequence)
             job.events.put(("done", "error", "the server is shutting down"))
 
-    def _step(self, batch: List[Job]) -> None:
-        remaining = max(j.sampling.max_new_tokens - len(j.tokens) for j in batch)
-        n = min(self.chunk_tokens, remaining)
-        first = batch[0]
-        if first.sampling.decode_strategy == "greedy_search":
-            seed = 0
-        elif first.seeded:  # alone in its batch: the chunk's seed follows from the request's seed and position
-            seed = (first.sampling.seed + _MIX * (len(first.tokens) + 1)) % (2 ** 62)
-        else:
-            seed = (next(self._unseeded_chunks) * _MIX) % (2 ** 62)
-        sampling = replace(first.sampling, max_new_tokens=n, seed=seed)
-        began = time.perf_counter()
-        outputs = self.predictor.generate([j.prompt + j.tokens for j in batch], sampling)
+    def _account(self, batch: int, seconds: float) -> None:
         with self._lock:
-            self.stats["busy_seconds"] += time.perf_counter() - began
+            self.stats["busy_seconds"] += seconds
             self.stats["program_calls"] += 1
-            self.stats["max_batch_size_seen"] = max(self.stats["max_batch_size_seen"], len(batch))
-            self.batch_sizes[len(batch)] += 1
-        for job, new in zip(batch, outputs):
-            hit_eos = len(new) < n  # the program emits EOS and then pads; cut_at_eos dropped them
-            new = new[: job.sampling.max_new_tokens - len(job.tokens)]
-            job.tokens.extend(new)
-            job.chunks += 1
+            self.stats["max_batch_size_seen"] = max(self.stats["max_batch_size_seen"], batch)
+            self.batch_sizes[batch] += 1
+
+    def _deliver(self, job: Job, token: Optional[int]) -> None:
+        seq = job.sequence
+        if token is not None:
+            job.tokens.append(token)
+            job.unsent.append(token)
             with self._lock:
-                self.stats["tokens_generated"] += len(new)
-            if new:
-                job.events.put(new)
-            if job.cancelled.is_set():
-                self._finish(job, "cancelled")
-            elif hit_eos:
-                self._finish(job, "stop")
-            elif len(job.tokens) >= job.sampling.max_new_tokens:
-                self._finish(job, "length")
+                self.stats["tokens_generated"] += 1
+        if job.unsent and (len(job.unsent) >= self.chunk_tokens or seq.finished or job.cancelled.is_set()):
+            job.events.put(job.unsent)
+            job.unsent, job.chunks = [], job.chunks + 1
+        if job.cancelled.is_set():
+            self._finish(job, "cancelled")
+        elif seq.finished:
+            self._finish(job, seq.finish_reason)
 
     def _finish(self, job: Job, reason: str, message: str = "") -> None:
+        if job.sequence is not None:
+            self.steps.release(job.sequence)
+            job.sequence = None
         with self._lock:
             if job in self._active:
                 self._active.remove(job)
             self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
+        if job.unsent:
+            job.events.put(job.unsent)
+            job.unsent = []
         job.finish_reason = reason
         job.events.put(("done", reason, message))

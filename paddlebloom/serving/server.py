@@ -4,7 +4,7 @@ Every error a client can cause is a 4xx with an OpenAI-style JSON body and never
 scheduler; the handler catches everything else too, so one bad request cannot stop the server.
 Handler threads only wait on their request's event queue: the program runs in the engine's one
 scheduler thread. While waiting, a handler peeks at its socket so that a client that went away
-(the page's stop button aborts its fetch) frees its generation slot at the next chunk.
+(the page's stop button aborts its fetch) frees its generation slot at the next step.
 """
 import json
 import os

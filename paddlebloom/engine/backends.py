@@ -1,0 +1,57 @@
+"""Where the step model runs: eagerly (predict, chat, evaluation) or as an exported program (deploy, serving).
+
+Both take NumPy in and give NumPy logits out, and share the engine's KV cache memory with the
+model (no copies), so `StepEngine` does not know which one it drives.
+"""
+import json
+import os
+
+import numpy as np
+
+STEP_INPUTS = ("input_ids", "cache", "slots", "past", "lens")  # the exported step program's feed names, in order
+
+
+class EagerBackend:
+    """A `StepModel` in dygraph (any tensor-parallel degree: each rank holds its heads' cache)."""
+
+    def __init__(self, step_model):
+        self.model = step_model
+        config = step_model.config
+        self.n_layer, self.n_head, self.head_dim = config.n_layer, step_model.local_heads, config.head_dim
+        self.vocab_size, self.cache_dtype = config.vocab_size, "float32"
+
+    def forward(self, ids, cache, slots, past, lens) -> np.ndarray:
+        import paddle
+
+        with paddle.no_grad():
+            logits = self.model(*(paddle.to_tensor(a) for a in (ids,)), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens)))
+        return logits.numpy()
+
+
+class InferenceBackend:
+    """The exported step program under `paddle.inference`."""
+
+    def __init__(self, predictor, info: dict):
+        self.predictor = predictor
+        self.n_layer, self.n_head, self.head_dim = info["n_layer"], info["n_head"], info["head_dim"]
+        self.vocab_size, self.cache_dtype = info["vocab_size"], "float32"
+        self._handles = {name: predictor.get_input_handle(name) for name in STEP_INPUTS}
+        self._output = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def forward(self, ids, cache, slots, past, lens) -> np.ndarray:
+        h = self._handles
+        h["input_ids"].copy_from_cpu(ids)
+        h["cache"].share_external_data(cache.tensor)  # zero-copy: the program writes the new keys/values into it
+        h["slots"].copy_from_cpu(slots)
+        h["past"].copy_from_cpu(past)
+        h["lens"].copy_from_cpu(lens)
+        self.predictor.run()
+        return self._output.copy_to_cpu()
+
+
+def read_export_info(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "export_info.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

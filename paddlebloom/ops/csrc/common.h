@@ -1,0 +1,69 @@
+// Helpers shared by every paddlebloom CPU operator: ISA detection and the thread count.
+//
+// The extension is compiled once without -march and may be reused on another CPU (the build
+// directory lives in the repository), so every ISA-specific kernel is compiled with a
+// per-function / per-region GCC target and chosen here at run time from cpuid.
+//
+// ISA rule: the best of scalar < avx2 (+fma) < avx512 (f+bw+vl) < vnni (avx512 + avx512_vnni)
+// that the CPU has, capped by the environment variable PADDLEBLOOM_ISA=scalar|avx2|avx512|vnni
+// (read on every call, so tests can switch paths in one process). A cap above what the CPU has
+// falls back to the best available level instead of faulting. Each op decides separately which
+// of the allowed levels is fastest for its shape (e.g. "vnni" allows but does not force VNNI).
+//
+// Thread rule (measured, see paddlebloom/ops/__init__.py): kernels run on the thread that calls
+// them, also under paddle.inference, whose executor does not run ops on threads of its own. The
+// OpenMP runtime is Paddle's own libiomp5 (linked at build time when Paddle ships it), so our
+// parallel regions reuse the threads MKL/oneDNN already keep warm instead of a second pool that
+// would fight them for the cores. The count is pb_num_threads(): PADDLEBLOOM_NUM_THREADS if it
+// holds a positive integer (read on every call), else every CPU in this process's affinity mask.
+// OMP_NUM_THREADS is deliberately not consulted: `import paddle` overwrites it with 1.
+#pragma once
+
+#include <sched.h>
+
+#include <cstdlib>
+#include <cstring>
+
+enum PbIsa { PB_SCALAR = 0, PB_AVX2 = 1, PB_AVX512 = 2, PB_VNNI = 3 };
+
+inline bool pb_has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+inline bool pb_has_avx512() {
+  return pb_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+}
+inline bool pb_has_vnni() { return pb_has_avx512() && __builtin_cpu_supports("avx512vnni"); }
+inline bool pb_has_avx512bf16() { return pb_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+
+// Best level the CPU supports (cpuid, cached: it cannot change while the process runs).
+inline int pb_cpu_isa() {
+  static const int level = pb_has_vnni() ? PB_VNNI : pb_has_avx512() ? PB_AVX512 : pb_has_avx2() ? PB_AVX2 : PB_SCALAR;
+  return level;
+}
+
+// The level kernels may use now: the CPU's best, capped by PADDLEBLOOM_ISA.
+inline int pb_isa() {
+  int level = pb_cpu_isa();
+  const char* want = std::getenv("PADDLEBLOOM_ISA");
+  if (want && *want) {
+    static const char* names[] = {"scalar", "avx2", "avx512", "vnni"};
+    for (int i = 0; i < 4; ++i)
+      if (std::strcmp(want, names[i]) == 0 && i < level) level = i;
+  }
+  return level;
+}
+
+inline int pb_num_threads() {
+  const char* env = std::getenv("PADDLEBLOOM_NUM_THREADS");
+  if (env && *env) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  return 1;
+}
