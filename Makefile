@@ -13,6 +13,7 @@ $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	-$(PY) -m paddlebloom.ops.build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,6 @@
 """One generation measurement of ours, printed as one JSON line (run by bench/run_generate_bench.py).
 
-    python bench/generate_ours.py --mode static|dynamic --model_dir DIR --batch 1 --new_tokens 64 [--enable_mkldnn]
+    python bench/generate_ours.py --mode static|dynamic --model_dir DIR --batch 1 --new_tokens 64 [--enable_mkldnn] [--precision fp32|bf16|int8]
 
 EOS is disabled so every run produces exactly --new_tokens tokens per row (as the HF side does).
 Both modes run with paddlebloom.deploy's MKL set-up (AVX2 kernels on AMD CPUs).
@@ -25,7 +25,7 @@ def run_static(a, ids):
     prefer_avx2_mkl_on_amd()  # as deploy/infer_generation.py does
     from paddlebloom.deploy.predictor import GenerationPredictor, Sampling
 
-    predictor = GenerationPredictor(a.model_dir, "bloom", cpu_threads=a.threads, enable_mkldnn=a.enable_mkldnn)
+    predictor = GenerationPredictor(a.model_dir, "bloom", cpu_threads=a.threads, enable_mkldnn=a.enable_mkldnn, precision=a.precision)
     predictor.eos_token_id = -1  # never stop early: fixed work per run
     predictor.generate(ids, Sampling(max_new_tokens=2))  # warm-up: first-run allocations and oneDNN primitive creation
     began = time.perf_counter()
@@ -76,12 +76,14 @@ def main() -> None:
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--enable_mkldnn", action="store_true")
+    p.add_argument("--precision", default="fp32", help="static mode: passed to GenerationPredictor (fp32, bf16, int8)")
     a = p.parse_args()
     ids = prompts(a.batch, a.prompt_len, 250880)
     out, seconds = (run_static if a.mode == "static" else run_dynamic)(a, ids)
     produced = sum(len(r) for r in out)
     assert produced == a.batch * a.new_tokens, produced
     print(json.dumps({"tokens_per_s": produced / seconds, "seconds": seconds, "first_row": [int(t) for t in out[0][:8]],
+                      "first_tokens_all": [[int(t) for t in row[:8]] for row in out],
                       "peak_rss_mb": peak_rss_mb()}))
 
 

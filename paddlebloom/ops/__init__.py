@@ -21,13 +21,18 @@ kernels will use.
 import os
 import threading
 import types
+import warnings
 from pathlib import Path
 
-from paddle.jit.marker import unified
+# Paddle warns at import that ccache is missing (irrelevant here: one build per source change).
+warnings.filterwarnings("ignore", message=".*No ccache found.*")
+
+from paddle.jit.marker import unified  # noqa: E402
 
 
 class OpsUnavailable(RuntimeError):
     """The C++ operators cannot be built or loaded here; str() is one line saying why."""
+
 
 __all__ = ["OpsUnavailable", "load", "register_for_inference", "library", "info", "set_num_threads", "ISA_NAMES"]
 

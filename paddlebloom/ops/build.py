@@ -40,7 +40,7 @@ PREFIX = "paddlebloom C++ ops could not be built: "
 
 
 def _paddle_dir() -> Path:
-    spec = importlib.util.find_spec("paddle")  # without importing Paddle (seconds)
+    spec = importlib.util.find_spec("paddle")  # where it is installed, without importing it
     if spec is None or not spec.origin:
         raise OpsUnavailable(PREFIX + "paddle is not installed")
     return Path(spec.origin).resolve().parent
@@ -123,9 +123,13 @@ def build(force: bool = False, verbose: bool = False) -> Path:
     srcs = sources()
     if not srcs:
         raise OpsUnavailable(PREFIX + f"no sources in {SOURCE_DIR}")
-    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    try:
+        BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+        lock = open(BUILD_ROOT / ".lock", "w")
+    except OSError as e:
+        raise OpsUnavailable(PREFIX + f"cannot write the build directory {BUILD_ROOT}: {e.strerror}") from e
     # Two processes starting at once (tests, tensor-parallel ranks) build once, the other waits.
-    with open(BUILD_ROOT / ".lock", "w") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.exists() and not force:
             return lib

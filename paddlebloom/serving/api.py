@@ -192,9 +192,17 @@ class TextStream:
 
     def __init__(self, tokenizer, stop: List[str]):
         self.tokenizer, self.stop, self.ids, self.sent, self.stopped = tokenizer, stop, [], "", False
+        self.decoded, self.decoded_upto = "", 0  # text of ids[:decoded_upto], which ends on a whole character
 
     def _text(self) -> str:
-        return self.tokenizer.decode(self.ids)
+        """All text so far, decoding only the ids since the last whole character: re-decoding every
+        id per token made a 256-token answer cost O(n^2) tokenizer work on the server's threads.
+        (Byte-level BPE: the text of a suffix of ids is the suffix of the text, at a character boundary.)"""
+        tail = self.tokenizer.decode(self.ids[self.decoded_upto :])
+        if tail.endswith("\ufffd"):
+            return self.decoded + tail
+        self.decoded, self.decoded_upto = self.decoded + tail, len(self.ids)
+        return self.decoded
 
     def feed(self, new_ids: List[int]) -> str:
         self.ids.extend(new_ids)

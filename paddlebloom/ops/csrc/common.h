@@ -4,19 +4,24 @@
 // directory lives in the repository), so every ISA-specific kernel is compiled with a
 // per-function / per-region GCC target and chosen here at run time from cpuid.
 //
-// ISA rule: the best of scalar < avx2 (+fma) < avx512 (f+bw+vl) < vnni (avx512 + avx512_vnni)
-// that the CPU has, capped by the environment variable PADDLEBLOOM_ISA=scalar|avx2|avx512|vnni
-// (read on every call, so tests can switch paths in one process). A cap above what the CPU has
-// falls back to the best available level instead of faulting. Each op decides separately which
-// of the allowed levels is fastest for its shape (e.g. "vnni" allows but does not force VNNI).
+// ISA rule: pb_isa() is the best of scalar < avx2 (+fma) < avx512 (f+bw+vl) < vnni (avx512 +
+// avx512_vnni) that the CPU has, capped by PADDLEBLOOM_ISA=scalar|avx2|avx512|vnni (read on every
+// call, so tests switch paths in one process); a level the CPU lacks falls back to the best it has
+// instead of faulting. Set, the variable forces that kernel family (vnni: the int8 op's VNNI
+// kernel for every M); unset, an op may choose among the CPU's levels by shape and data
+// (weight_only.cc: kVnniMinRows, kVnniMaxSpread).
 //
-// Thread rule (measured, see paddlebloom/ops/__init__.py): kernels run on the thread that calls
-// them, also under paddle.inference, whose executor does not run ops on threads of its own. The
-// OpenMP runtime is Paddle's own libiomp5 (linked at build time when Paddle ships it), so our
-// parallel regions reuse the threads MKL/oneDNN already keep warm instead of a second pool that
-// would fight them for the cores. The count is pb_num_threads(): PADDLEBLOOM_NUM_THREADS if it
-// holds a positive integer (read on every call), else every CPU in this process's affinity mask.
-// OMP_NUM_THREADS is deliberately not consulted: `import paddle` overwrites it with 1.
+// Thread rule: pb_num_threads() = PADDLEBLOOM_NUM_THREADS if it holds a positive integer (read on
+// every call; paddlebloom.ops.set_num_threads sets it), else every CPU in this process's affinity
+// mask. OMP_NUM_THREADS is deliberately not consulted: `import paddle` overwrites it with 1.
+// Measured under paddle.inference (Paddle 3.3.1): a kernel runs on the thread that calls
+// predictor.run() (the executor has no op threads of its own), where omp_get_max_threads() is the
+// predictor's set_cpu_math_library_num_threads(n). The OpenMP runtime is Paddle's own libiomp5
+// (build.py links it when the wheel ships it), so our parallel regions reuse the threads that
+// MKL/oneDNN keep spinning: a program alternating our int8 op with Paddle's matmul ran 13.0 ->
+// 8.1 ms (M=1) and 24.6 -> 13.1 ms (M=8) from 1 to 2 threads on 2 cores; with the compiler's
+// libgomp (a second pool fighting the first) 2 threads were slower than 1 (13.3 -> 14.2 ms and
+// 23.7 -> 36.8 ms).
 #pragma once
 
 #include <sched.h>

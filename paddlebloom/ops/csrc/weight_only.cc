@@ -6,227 +6,23 @@
 // write a dequantised copy; several activation rows share each converted weight vector (register
 // tiles of MB rows x NB output channels) so prefill and batched decoding stay compute-efficient.
 // On AVX-512 VNNI CPUs a second int8 kernel quantises the activations per row to u8 and uses
-// vpdpbusd; see use_vnni() for when it runs.
+// vpdpbusd; see kVnniMinRows / kVnniMaxSpread for when it runs.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "common.h"
+#include "weight_only_kernels.h"
 #include "paddle/extension.h"
 
 namespace {
 
-// Raw dot products of an MB x NB tile: out[i * NB + j] = sum_k x[i, k] * w[j, k].
-using TileFn = void (*)(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t K, float* out);
-
-// The hardware prefetcher alone left a batch-1 GEMV at ~50% of the single-core stream bandwidth
-// here (a tile reads NB short rows side by side); fetching the same offset of the next tile's
-// rows (NB rows ahead) brought it to ~85-95%. Prefetches never fault, so running past the end of
-// the weight is harmless.
-inline void prefetch_next_tile(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
-
-// ---------------------------------------------------------------- scalar (any x86-64 CPU)
-inline float to_f32(int8_t v) { return static_cast<float>(v); }
-inline float to_f32(uint16_t v) {  // bf16 is the top half of an fp32
-  uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-template <typename WT, int MB, int NB>
-void tile_scalar(const float* x, int64_t ldx, const void* wv, int64_t ldw, int64_t K, float* out) {
-  const WT* w = static_cast<const WT*>(wv);
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) {
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += x[i * ldx + k] * to_f32(w[j * ldw + k]);
-      out[i * NB + j] = s;
-    }
-}
-
-// ---------------------------------------------------------------- AVX2 + FMA (8 lanes)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-inline __m256 load8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-inline __m256 load8(const uint16_t* p) {
-  __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-template <typename WT, int MB, int NB>
-void tile_avx2(const float* x, int64_t ldx, const void* wv, int64_t ldw, int64_t K, float* out) {
-  const WT* w = static_cast<const WT*>(wv);
-  __m256 acc[MB][NB];
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 wf[NB];
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) {
-      wf[j] = load8(w + j * ldw + k);
-      prefetch_next_tile(w + (j + NB) * ldw + k);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < MB; ++i) {
-      const __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
-#pragma GCC unroll 4
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wf[j], acc[i][j]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) {
-      float s = hsum8(acc[i][j]);
-      for (int64_t t = k; t < K; ++t) s += x[i * ldx + t] * to_f32(w[j * ldw + t]);  // K % 8 tail
-      out[i * NB + j] = s;
-    }
-}
-#pragma GCC pop_options
-
-// ---------------------------------------------------------------- AVX-512 (16 lanes, masked tail)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
-inline __m512 load16(const int8_t* p, __mmask16 m) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
-}
-inline __m512 load16(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
-template <typename WT, int MB, int NB>
-inline void fma_step(const float* x, int64_t ldx, const WT* w, int64_t ldw, int64_t k, __mmask16 m, __m512 (&acc)[MB][NB]) {
-  __m512 wf[NB];
-#pragma GCC unroll 4
-  for (int j = 0; j < NB; ++j) {
-    wf[j] = load16(w + j * ldw + k, m);
-    prefetch_next_tile(w + (j + NB) * ldw + k);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i) {
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + i * ldx + k);
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wf[j], acc[i][j]);
-  }
-}
-
-template <typename WT, int MB, int NB>
-void tile_avx512(const float* x, int64_t ldx, const void* wv, int64_t ldw, int64_t K, float* out) {
-  const WT* w = static_cast<const WT*>(wv);
-  __m512 acc[MB][NB];
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) fma_step<WT, MB, NB>(x, ldx, w, ldw, k, 0xFFFF, acc);
-  // The partial last vector: masked loads never touch memory past the row.
-  if (k < K) fma_step<WT, MB, NB>(x, ldx, w, ldw, k, static_cast<__mmask16>((1u << (K - k)) - 1), acc);
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) out[i * NB + j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-#pragma GCC pop_options
-
-// VNNI: activations quantised per row to u8 = round(x / sx) + 128, so the signed-by-unsigned
-// vpdpbusd applies; sum_k (q + 128) * w = sum_k q * w + 128 * colsum(w) is corrected per channel.
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")
-float quantize_row_u8(const float* x, int64_t K, uint8_t* q) {
-  __m512 amax = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 m = K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
-    amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k)));
-  }
-  const float mx = _mm512_reduce_max_ps(amax);
-  const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
-  const __m512i off = _mm512_set1_epi32(128);
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 m = K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), inv)), off);
-    _mm512_mask_cvtepi32_storeu_epi8(q + k, m, v);  // values in [1, 255]: truncation is exact
-  }
-  return mx / 127.f;
-}
-
-template <int MB, int NB>
-inline void dpbusd_step(const uint8_t* q, int64_t ldq, const int8_t* w, int64_t ldw, int64_t k, __mmask64 m,
-                        __m512i (&acc)[MB][NB]) {
-  __m512i wv[NB];
-#pragma GCC unroll 4
-  for (int j = 0; j < NB; ++j) {
-    wv[j] = _mm512_maskz_loadu_epi8(m, w + j * ldw + k);
-    prefetch_next_tile(w + (j + NB) * ldw + k);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i) {
-    const __m512i xv = _mm512_maskz_loadu_epi8(m, q + i * ldq + k);
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);
-  }
-}
-
-template <int MB, int NB>
-void tile_vnni(const uint8_t* q, int64_t ldq, const int8_t* w, int64_t ldw, int64_t K, int32_t* out) {
-  __m512i acc[MB][NB];
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
-  int64_t k = 0;
-  for (; k + 64 <= K; k += 64) dpbusd_step<MB, NB>(q, ldq, w, ldw, k, ~0ULL, acc);
-  if (k < K) dpbusd_step<MB, NB>(q, ldq, w, ldw, k, (1ULL << (K - k)) - 1, acc);  // weights past K read as 0
-#pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) out[i * NB + j] = _mm512_reduce_add_epi32(acc[i][j]);
-}
-
-int32_t colsum_vnni(const int8_t* w, int64_t K) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  __m512i acc = _mm512_setzero_si512();
-  for (int64_t k = 0; k < K; k += 64) {
-    const __mmask64 m = K - k >= 64 ? ~0ULL : (1ULL << (K - k)) - 1;
-    acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(m, w + k));
-  }
-  return _mm512_reduce_add_epi32(acc);
-}
-
-#pragma GCC pop_options
-
-// Streaming read of n floats (the benchmark's memory-bandwidth reference).
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-float sum_avx512(const float* p, int64_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
-  }
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-#pragma GCC pop_options
+using namespace pb_wo;  // NOLINT: the kernels are this file's implementation detail
 
 // ---------------------------------------------------------------- tile tables per ISA
 // Register budgets: AVX-512 has 32 registers (4x4 accumulators + 4 weights + 1 row), AVX2 16
@@ -291,47 +87,68 @@ void linear_fp32(const float* x, int64_t M, int64_t K, const WT* w, const float*
   }
 }
 
-void linear_vnni(const float* x, int64_t M, int64_t K, const int8_t* w, const float* scale, const float* bias, int64_t N,
-                 float* y) {
+// The u8 code adds an error of ~range / (255 sqrt(12)) per element, i.e. spread / 883 of the
+// output's RMS where spread = range / RMS of the row: ~0.75% for Gaussian rows (spread 6-8),
+// <= 1.1% up to kVnniMaxSpread. Rows with outlier channels (BLOOM's hidden states have them;
+// 2 channels at 40 sigma: spread ~21, 2.6% error) would lose too much, so a call containing one
+// runs the fp32-activation kernel instead, unless VNNI is forced.
+constexpr float kVnniMaxSpread = 10.f;
+
+// Returns false (and writes nothing) when a row fails the guard.
+bool linear_vnni(const float* x, int64_t M, int64_t K, const int8_t* w, const float* scale, const float* bias, int64_t N,
+                 float* y, bool guarded) {
   constexpr int MB = 4, NB = 4;
-  using VnniTile = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*);
-  static const VnniTile tiles[4][2] = {{tile_vnni<1, NB>, tile_vnni<1, 1>}, {tile_vnni<2, NB>, tile_vnni<2, 1>},
-                                       {tile_vnni<3, NB>, tile_vnni<3, 1>}, {tile_vnni<4, NB>, tile_vnni<4, 1>}};
+  using VnniTile = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int32_t*);
+#define PB_VNNI_ROW(MBv) {tile_vnni<MBv, NB, true>, tile_vnni<MBv, 1, true>, tile_vnni<MBv, NB, false>, tile_vnni<MBv, 1, false>}
+  static const VnniTile tiles[4][4] = {PB_VNNI_ROW(1), PB_VNNI_ROW(2), PB_VNNI_ROW(3), PB_VNNI_ROW(4)};
+#undef PB_VNNI_ROW
   std::vector<uint8_t> q(static_cast<size_t>(M * K));
-  std::vector<float> sx(static_cast<size_t>(M));
+  std::vector<float> step(M), lo(M), spread(M);
+  for (int64_t m = 0; m < M; ++m) quantize_row_u8(x + m * K, K, q.data() + m * K, &step[m], &lo[m], &spread[m]);
+  if (guarded && *std::max_element(spread.begin(), spread.end()) > kVnniMaxSpread) return false;
   const int64_t mc = std::max<int64_t>(MB, (256 * 1024 / K) / MB * MB);
   const int nt = threads_for(M, N, K, NB);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) sx[m] = quantize_row_u8(x + m * K, K, q.data() + m * K);
     int64_t n0, n1;
     split(N, NB, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-    int32_t acc[MB * NB], cs[NB];
+    int32_t acc[MB * NB];
+    std::vector<int32_t> cs(static_cast<size_t>(n1 - n0));  // weight row sums, from the first pass
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
       const int64_t m1 = std::min(M, m0 + mc);
       for (int64_t n = n0; n < n1;) {
         const int nb = n1 - n >= NB ? NB : 1;
-        for (int j = 0; j < nb; ++j) cs[j] = 128 * colsum_vnni(w + (n + j) * K, K);
         for (int64_t m = m0; m < m1; m += MB) {
           const int mb = static_cast<int>(std::min<int64_t>(MB, m1 - m));
-          tiles[mb - 1][nb == 1](q.data() + m * K, K, w + n * K, K, K, acc);
+          tiles[mb - 1][(nb == 1) + 2 * (m > 0)](q.data() + m * K, K, w + n * K, K, K, acc, cs.data() + (n - n0));
           for (int i = 0; i < mb; ++i)
             for (int j = 0; j < nb; ++j)
-              y[(m + i) * N + n + j] = static_cast<float>(acc[i * nb + j] - cs[j]) * sx[m + i] * scale[n + j] +
-                                       (bias ? bias[n + j] : 0.f);
+              y[(m + i) * N + n + j] =
+                  (static_cast<float>(acc[i * nb + j]) * step[m + i] + lo[m + i] * static_cast<float>(cs[n - n0 + j])) *
+                      scale[n + j] + (bias ? bias[n + j] : 0.f);
         }
         n += nb;
       }
     }
   }
+  return true;
 }
 
 // ---------------------------------------------------------------- op bodies
-// Smallest M at which the VNNI kernel beats the fp32-activation kernel on a VNNI CPU (measured,
-// bench/run_ops_bench.py); it is taken only when PADDLEBLOOM_ISA=vnni asks for it, because
-// quantising activations per row loses accuracy on outlier channels (tests/test_ops.py).
+// Smallest M at which the VNNI kernel beats the fp32-activation kernel (measured on a 2-core
+// Xeon with AVX-512 VNNI: equal at M=4, 1.4x at M=8 with weights from memory, 2-2.5x from M=16).
 constexpr int64_t kVnniMinRows = 8;
+
+// PADDLEBLOOM_ISA=vnni forces the VNNI kernel (any M, no guard: tests); unset, it runs where the
+// CPU has VNNI, M >= kVnniMinRows and every row passes the outlier guard.
+bool vnni_forced() {
+  const char* want = std::getenv("PADDLEBLOOM_ISA");
+  return want && std::strcmp(want, "vnni") == 0;
+}
+bool isa_forced() {
+  const char* want = std::getenv("PADDLEBLOOM_ISA");
+  return want && *want;
+}
 
 void check_linear(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias) {
   PD_CHECK(x.is_cpu() && w.is_cpu(), "weight_only_linear: CPU tensors only");
@@ -350,18 +167,23 @@ paddle::Tensor alloc_out(const paddle::Tensor& x, int64_t N) {
   return paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
 }
 
-std::vector<paddle::Tensor> LinearInt8(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::Tensor& scale,
-                                       const paddle::optional<paddle::Tensor>& bias) {
+// Kernels index rows densely: a strided view (Paddle's transpose/slice in dygraph) is copied.
+paddle::Tensor dense(const paddle::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+std::vector<paddle::Tensor> LinearInt8(const paddle::Tensor& x_in, const paddle::Tensor& weight,
+                                       const paddle::Tensor& scale, const paddle::optional<paddle::Tensor>& bias) {
+  const paddle::Tensor x = dense(x_in);
   check_linear(x, weight, bias);
+  PD_CHECK(weight.is_contiguous(), "weight_only_linear_int8: weight must be contiguous");
   PD_CHECK(weight.dtype() == paddle::DataType::INT8, "weight_only_linear_int8: weight must be int8");
   const int64_t N = weight.shape()[0], K = weight.shape()[1], M = K ? x.numel() / K : 0;
   PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && scale.numel() == N, "weight_only_linear_int8: scale must be float32 [N]");
   paddle::Tensor out = alloc_out(x, N);
   const float* b = bias ? bias->data<float>() : nullptr;
   const int isa = pb_isa();
-  if (isa == PB_VNNI && std::getenv("PADDLEBLOOM_ISA") && M >= kVnniMinRows)
-    linear_vnni(x.data<float>(), M, K, weight.data<int8_t>(), scale.data<float>(), b, N, out.data<float>());
-  else
+  const bool vnni = isa == PB_VNNI && M > 0 && (vnni_forced() || (!isa_forced() && M >= kVnniMinRows));
+  if (!vnni || !linear_vnni(x.data<float>(), M, K, weight.data<int8_t>(), scale.data<float>(), b, N, out.data<float>(),
+                            !vnni_forced()))
     linear_fp32<int8_t>(x.data<float>(), M, K, weight.data<int8_t>(), scale.data<float>(), b, N, out.data<float>(), isa);
   return {out};
 }
@@ -372,9 +194,11 @@ const uint16_t* bf16_bits(const paddle::Tensor& w, const char* op) {
   return static_cast<const uint16_t*>(w.data());
 }
 
-std::vector<paddle::Tensor> LinearBf16(const paddle::Tensor& x, const paddle::Tensor& weight,
+std::vector<paddle::Tensor> LinearBf16(const paddle::Tensor& x_in, const paddle::Tensor& weight,
                                        const paddle::optional<paddle::Tensor>& bias) {
+  const paddle::Tensor x = dense(x_in);
   check_linear(x, weight, bias);
+  PD_CHECK(weight.is_contiguous(), "weight_only_linear_bf16: weight must be contiguous");
   const uint16_t* w = bf16_bits(weight, "weight_only_linear_bf16");
   const int64_t N = weight.shape()[0], K = weight.shape()[1], M = K ? x.numel() / K : 0;
   paddle::Tensor out = alloc_out(x, N);
@@ -383,8 +207,25 @@ std::vector<paddle::Tensor> LinearBf16(const paddle::Tensor& x, const paddle::Te
   return {out};
 }
 
+// fp32 weights stored [N, K]: the tied LM head reads the embedding table as it is. Paddle's
+// matmul with transpose_y on that [250880, 1024] table took 131 ms at 8 rows (66 ms with a
+// transposed copy, which would double its memory).
+std::vector<paddle::Tensor> LinearF32(const paddle::Tensor& x_in, const paddle::Tensor& weight,
+                                      const paddle::optional<paddle::Tensor>& bias) {
+  const paddle::Tensor x = dense(x_in);
+  check_linear(x, weight, bias);
+  PD_CHECK(weight.is_contiguous() && weight.dtype() == paddle::DataType::FLOAT32, "weight_only_linear_fp32: weight must be contiguous float32");
+  const int64_t N = weight.shape()[0], K = weight.shape()[1], M = K ? x.numel() / K : 0;
+  paddle::Tensor out = alloc_out(x, N);
+  linear_fp32<float>(x.data<float>(), M, K, weight.data<float>(), nullptr, bias ? bias->data<float>() : nullptr, N, out.data<float>(),
+                     pb_isa());
+  return {out};
+}
+
 template <typename WT>
-paddle::Tensor embed(const paddle::Tensor& ids, const paddle::Tensor& weight, const float* scale) {
+paddle::Tensor embed(const paddle::Tensor& ids_in, const paddle::Tensor& weight, const float* scale) {
+  const paddle::Tensor ids = dense(ids_in);
+  PD_CHECK(weight.is_contiguous(), "embedding: weight must be contiguous");
   PD_CHECK(ids.dtype() == paddle::DataType::INT64 || ids.dtype() == paddle::DataType::INT32, "embedding: ids must be int64/int32");
   PD_CHECK(weight.shape().size() == 2, "embedding: weight must be [V, H]");
   const int64_t V = weight.shape()[0], H = weight.shape()[1], T = ids.numel();
@@ -427,7 +268,7 @@ std::vector<paddle::Tensor> StreamSum(const paddle::Tensor& x) {
   const float* p = x.data<float>();
   const int64_t n = x.numel();
   const int nt = pb_num_threads();
-  const bool vec = pb_isa() >= PB_AVX512;
+  const bool vec = pb_cpu_isa() >= PB_AVX512;  // a reference: not capped by PADDLEBLOOM_ISA
   std::vector<float> part(nt, 0.f);
 #pragma omp parallel num_threads(nt)
   {
@@ -485,6 +326,13 @@ PD_BUILD_OP(weight_only_linear_bf16)
     .Inputs({"x", "weight", paddle::Optional("bias")})
     .Outputs({"out"})
     .SetKernelFn(PD_KERNEL(LinearBf16))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearBf16Shape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(F32_3o));
+
+PD_BUILD_OP(weight_only_linear_fp32)
+    .Inputs({"x", "weight", paddle::Optional("bias")})
+    .Outputs({"out"})
+    .SetKernelFn(PD_KERNEL(LinearF32))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearBf16Shape))
     .SetInferDtypeFn(PD_INFER_DTYPE(F32_3o));
 
