@@ -194,32 +194,29 @@ const uint16_t* bf16_bits(const paddle::Tensor& w, const char* op) {
   return static_cast<const uint16_t*>(w.data());
 }
 
-std::vector<paddle::Tensor> LinearBf16(const paddle::Tensor& x_in, const paddle::Tensor& weight,
-                                       const paddle::optional<paddle::Tensor>& bias) {
+// Unscaled weights [N, K] (bf16 bits or fp32), fp32 math.
+template <typename WT>
+std::vector<paddle::Tensor> linear_unscaled(const paddle::Tensor& x_in, const paddle::Tensor& weight,
+                                            const paddle::optional<paddle::Tensor>& bias, const WT* w, const char* op) {
   const paddle::Tensor x = dense(x_in);
   check_linear(x, weight, bias);
-  PD_CHECK(weight.is_contiguous(), "weight_only_linear_bf16: weight must be contiguous");
-  const uint16_t* w = bf16_bits(weight, "weight_only_linear_bf16");
+  PD_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
   const int64_t N = weight.shape()[0], K = weight.shape()[1], M = K ? x.numel() / K : 0;
   paddle::Tensor out = alloc_out(x, N);
-  linear_fp32<uint16_t>(x.data<float>(), M, K, w, nullptr, bias ? bias->data<float>() : nullptr, N, out.data<float>(),
-                        pb_isa());
+  linear_fp32<WT>(x.data<float>(), M, K, w, nullptr, bias ? bias->data<float>() : nullptr, N, out.data<float>(), pb_isa());
   return {out};
+}
+
+std::vector<paddle::Tensor> LinearBf16(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::optional<paddle::Tensor>& bias) {
+  return linear_unscaled<uint16_t>(x, weight, bias, bf16_bits(weight, "weight_only_linear_bf16"), "weight_only_linear_bf16");
 }
 
 // fp32 weights stored [N, K]: the tied LM head reads the embedding table as it is. Paddle's
 // matmul with transpose_y on that [250880, 1024] table took 131 ms at 8 rows (66 ms with a
 // transposed copy, which would double its memory).
-std::vector<paddle::Tensor> LinearF32(const paddle::Tensor& x_in, const paddle::Tensor& weight,
-                                      const paddle::optional<paddle::Tensor>& bias) {
-  const paddle::Tensor x = dense(x_in);
-  check_linear(x, weight, bias);
-  PD_CHECK(weight.is_contiguous() && weight.dtype() == paddle::DataType::FLOAT32, "weight_only_linear_fp32: weight must be contiguous float32");
-  const int64_t N = weight.shape()[0], K = weight.shape()[1], M = K ? x.numel() / K : 0;
-  paddle::Tensor out = alloc_out(x, N);
-  linear_fp32<float>(x.data<float>(), M, K, weight.data<float>(), nullptr, bias ? bias->data<float>() : nullptr, N, out.data<float>(),
-                     pb_isa());
-  return {out};
+std::vector<paddle::Tensor> LinearF32(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::optional<paddle::Tensor>& bias) {
+  PD_CHECK(weight.dtype() == paddle::DataType::FLOAT32, "weight_only_linear_fp32: weight must be float32");
+  return linear_unscaled<float>(x, weight, bias, weight.data<float>(), "weight_only_linear_fp32");
 }
 
 template <typename WT>
