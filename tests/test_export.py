@@ -229,7 +229,11 @@ def test_temperature_top_k_top_p_on_logits():
 def test_mkl_avx2_only_on_amd_and_never_over_the_user(monkeypatch):
     from paddlebloom import cpu
 
-    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    # setenv first, so monkeypatch records the variable's original state and restores it: the
+    # function under test writes os.environ itself, and a leaked "5" made MKL on an Intel CPU
+    # train non-reproducibly in every later subprocess (test_kill_at_random_step_and_resume...).
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "unset")
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
     monkeypatch.setattr(cpu, "_cpuinfo_field", lambda name: "fpu sse2 avx avx2 fma" if name == "flags" else "")
     monkeypatch.setattr(cpu, "cpu_vendor", lambda: "GenuineIntel")
     assert not cpu.prefer_avx2_mkl_on_amd() and "MKL_DEBUG_CPU_TYPE" not in os.environ
