@@ -35,58 +35,51 @@ def _frozen(layer: nn.Layer, name: str, value) -> paddle.Tensor:
     return tensor
 
 
+def _store(layer: nn.Layer, weight_nk, kind: str) -> None:
+    """weight [out, in] (one output's weights contiguous) as bf16, or int8 + one scale per output."""
+    if kind == "bfloat16":
+        _frozen(layer, "weight", to_bf16(weight_nk))
+    else:
+        q, scale = quantize_int8(weight_nk)
+        _frozen(layer, "weight", q)
+        _frozen(layer, "weight_scale", scale)
+
+
+def _matmul(layer: nn.Layer, x, bias):
+    """x @ layer's stored weight.T + bias, in fp32, reading the stored bytes directly."""
+    if layer.kind == "bfloat16":
+        return linear_bf16(x, layer.weight, bias)
+    return linear_int8(x, layer.weight, layer.weight_scale, bias)
+
+
 class StepLinear(nn.Layer):
-    """y = x W + b for W stored as `kind`; `weight` is given as the checkpoint's [in, out] matrix."""
+    """A checkpoint Linear ([in, out] weight) stored as bf16 or int8."""
 
     def __init__(self, weight, bias, kind: str):
         super().__init__()
         self.kind = kind
-        if kind == "float32":
-            _frozen(self, "weight", weight)
-        elif kind == "bfloat16":
-            _frozen(self, "weight", to_bf16(weight.t()))  # [out, in]: one output's weights contiguous
-        else:
-            q, scale = quantize_int8(weight.t())
-            _frozen(self, "weight", q)
-            _frozen(self, "weight_scale", scale)
+        _store(self, weight.t(), kind)
         _frozen(self, "bias", bias)
 
     def forward(self, x):
-        if self.kind == "float32":
-            return F.linear(x, self.weight, self.bias)
-        if self.kind == "bfloat16":
-            return linear_bf16(x, self.weight, self.bias)
-        return linear_int8(x, self.weight, self.weight_scale, self.bias)
+        return _matmul(self, x, self.bias)
 
 
 class TiedEmbedding(nn.Layer):
-    """The word embedding, also the LM head (BLOOM ties them), stored as `kind`: [vocab, hidden]."""
+    """The word embedding [vocab, hidden], also the LM head (BLOOM ties them), stored as bf16 or int8."""
 
     def __init__(self, weight, kind: str):
         super().__init__()
         self.kind = kind
-        if kind == "float32":
-            _frozen(self, "weight", weight)
-        elif kind == "bfloat16":
-            _frozen(self, "weight", to_bf16(weight))
-        else:
-            q, scale = quantize_int8(weight)
-            _frozen(self, "weight", q)
-            _frozen(self, "weight_scale", scale)
+        _store(self, weight, kind)
 
     def forward(self, ids):
-        if self.kind == "float32":
-            return F.embedding(ids, self.weight)
         if self.kind == "bfloat16":
             return embedding_bf16(ids, self.weight)
         return embedding_int8(ids, self.weight, self.weight_scale)
 
     def logits(self, hidden):
-        if self.kind == "float32":
-            return paddle.matmul(hidden, self.weight, transpose_y=True)
-        if self.kind == "bfloat16":
-            return linear_bf16(hidden, self.weight, None)
-        return linear_int8(hidden, self.weight, self.weight_scale, None)
+        return _matmul(self, hidden, None)
 
 
 def _linear(layer: nn.Layer, kind: str) -> nn.Layer:
