@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import api
+from . import api, request_body
 from .engine import ServerBusy
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -107,13 +107,19 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, e: api.ApiError):
         self._json(e.status, e.body(), [("Retry-After", "1")] if e.status == 429 else [])
 
-    def _guard(self, body):
+    def _guard(self, route):
+        """Runs a route. Until the route reads the request's body, the connection is to close (the
+        unread body would be taken for the next request); a body still unread after the answer is
+        drained, so that the close does not reset the connection before the client reads the answer."""
+        self._keep_alive = not self.close_connection  # what the client asked for
+        self._unread = request_body.pending(self.headers)
+        self.close_connection = self.close_connection or self._unread > 0
         try:
-            body()
+            route()
         except api.ApiError as e:
             self._error(e)
         except (ClientGone, BrokenPipeError, ConnectionResetError, socket.timeout):
-            self.close_connection = True
+            self.close_connection, self._unread = True, 0  # gone or too slow: nothing to drain for
         except Exception as e:  # noqa: BLE001 - the server must survive whatever a request triggers
             self.close_connection = True
             sys.stderr.write(f"serve: error: {self.command} {self.path}: {type(e).__name__}: {e}\n")
@@ -121,6 +127,20 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(api.ApiError(500, f"internal error: {type(e).__name__}", "server_error"))
             except OSError:
                 pass
+        if self._unread:
+            request_body.discard(self.connection, self.rfile, self._unread)
+
+    def handle_expect_100(self):
+        """`Expect: 100-continue` (curl sends it for bodies over 1 MB): refuse a body that is too large or
+        has no length before the client sends it; the base class answered 100 Continue to everything."""
+        if self.command == "POST":
+            try:
+                request_body.content_length(self.headers, self.app.max_body_bytes)
+            except api.ApiError as e:
+                self.close_connection = True
+                self._error(e)
+                return False
+        return super().handle_expect_100()
 
     # ---- routes
     def do_GET(self):
@@ -133,7 +153,10 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._json(405, api.ApiError(405, f"method {self.command} is not allowed here").body(), [("Allow", "GET, POST")])
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
+    def _other_method(self):
+        self._guard(self._not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _other_method
 
     def _get(self):
         path = self.path.split("?", 1)[0]
@@ -158,7 +181,6 @@ class Handler(BaseHTTPRequestHandler):
     def _post(self):
         path = self.path.split("?", 1)[0]
         if path not in ("/v1/completions", "/v1/chat/completions"):
-            self.close_connection = True  # the unread body would be taken for the next request
             raise api.ApiError(404 if path not in ("/", "/health", "/v1/models") else 405, f"no such endpoint: POST {path}", "not_found_error")
         body = self._read_json()
         chat = path == "/v1/chat/completions"
@@ -179,24 +201,13 @@ class Handler(BaseHTTPRequestHandler):
             job.cancel()  # a no-op when it finished; frees the slot when we left early
 
     def _read_json(self):
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise api.ApiError(411, "send the body with a Content-Length (chunked request bodies are not accepted)")
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True
-            raise api.ApiError(411, "a Content-Length header is required")
-        if not length.isdigit():
-            self.close_connection = True
-            raise api.ApiError(400, f"bad Content-Length {length!r}")
-        if int(length) > self.app.max_body_bytes:
-            self.close_connection = True  # not reading it: the rest of the connection is that body
-            raise api.ApiError(413, f"request body of {length} bytes is over the limit of {self.app.max_body_bytes}")
-        raw = self.rfile.read(int(length))
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise api.ApiError(400, f"the body is not valid JSON: {str(e).splitlines()[0]}") from None
+        """The body as checked JSON (request_body says what is refused and why); refused from its
+        headers alone when it is too large or has no length to trust."""
+        self.close_connection = True  # when refused before the body is read, where the next request starts is unknown
+        length = request_body.content_length(self.headers, self.app.max_body_bytes)
+        raw = request_body.read(self.rfile, length)
+        self._unread, self.close_connection = 0, not self._keep_alive
+        return request_body.parse(raw)
 
     # ---- generation
     def _client_gone(self) -> bool:
