@@ -1,29 +1,28 @@
 """Multi-turn chat in the terminal (predict/chat.py): history, streamed tokens, /clear, /exit.
 
-The prompt is the conversation so far in the fine-tuning template; when it no longer fits in
---src_length tokens the oldest turns are dropped first.
+The prompt is the conversation so far in the fine-tuning template, opened by --system if given;
+when it no longer fits in --src_length tokens the oldest turns are dropped first.
 """
 import argparse
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .cli import run_main
+from .data.encode import drop_oldest_turns, turn_pieces
 from .data.formats import get_template
 from .generation import add_generation_flags, generate_ids, generation_config
 from .loading import load_model
 from .runtime import quiet, use_all_cores
 
 
-def build_prompt(tokenizer, template, history: List[Tuple[str, str]], query: str, src_length: int) -> List[int]:
-    """Token ids of history + query, dropping the oldest turns until it fits (the query alone is
-    cut from the left as a last resort). Each prompt and answer is encoded on its own and joined
-    with EOS ids, exactly as paddlebloom.data.encode builds multi-turn training examples."""
-    eos = tokenizer.eos_token_id
-    turns = [tokenizer.encode(template.render(q)) + tokenizer.encode(a) + [eos] for q, a in history]
-    query_ids = tokenizer.encode(template.render(query))
-    while turns and sum(map(len, turns)) + len(query_ids) > src_length:
-        turns.pop(0)
-    return [t for turn in turns for t in turn] + query_ids[-src_length:]  # the kept turns fit with the query
+def build_prompt(tokenizer, template, history: List[Tuple[str, str]], query: str, src_length: int, system: Optional[str] = None) -> List[int]:
+    """Token ids of the system prompt + history + query, dropping the oldest turns until it fits
+    (the system prompt stays with the first kept turn; the query alone is cut from the left as a
+    last resort). The pieces are paddlebloom.data.encode's, so the ids are exactly those of a
+    multi-turn training example up to its last answer."""
+    turns = list(history) + [(query, None)]
+    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, src_length)
+    return [t for prompt, answer in pieces for t in prompt + answer][-src_length:]
 
 
 class StreamPrinter:
@@ -67,7 +66,8 @@ def chat(args, stdin=sys.stdin, stdout=sys.stdout) -> int:
             continue
         stdout.write("Assistant: ")
         printer = StreamPrinter(tokenizer, stdout)
-        answer_ids = generate_ids(model, [build_prompt(tokenizer, template, history, query, args.src_length)], config, printer)[0]
+        prompt = build_prompt(tokenizer, template, history, query, args.src_length, args.system)
+        answer_ids = generate_ids(model, [prompt], config, printer)[0]
         stdout.write("\n")
         history.append((query, tokenizer.decode(answer_ids)))
 
@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--lora_path")
     p.add_argument("--prefix_path")
+    p.add_argument("--system", help="system prompt opening the conversation (written as --template writes one; kept when old turns are dropped)")
     add_generation_flags(p)
     args = p.parse_args(argv)
     return run_main("chat.py", lambda: chat(args))

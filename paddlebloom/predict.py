@@ -18,7 +18,7 @@ from .atomic import write_file_atomic
 from .checkpoint import save_checkpoint
 from .cli import run_main
 from .data.formats import FORMATS, get_template, prompt_for_prediction
-from .data.readers import DataError, iter_records
+from .data.readers import DataError, iter_records, iter_text_lines, parse_json_line
 from .generation import add_generation_flags, encode_prompts, generate_ids, generation_config
 from .loading import load_model
 from .runtime import init_parallel, parallel_context, quiet, use_all_cores, world_size
@@ -28,19 +28,16 @@ def read_prompts(path: str, template, data_format) -> Tuple[List[Tuple[int, dict
     """(line, record, prompt) of every good record, and one message per bad line."""
     good, bad = [], []
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}:{n}: record is {type(record).__name__}, expected a JSON object")
-                    good.append((n, record, prompt_for_prediction(record, template, data_format, where=f"{path}:{n}")))
-                except json.JSONDecodeError as e:
-                    bad.append(f"{path}:{n}: invalid JSON ({e.msg})")
-                except DataError as e:
-                    bad.append(str(e))
+        if not os.path.isfile(path):
+            raise DataError(f"{path}:0: file not found")
+        for n, line in iter_text_lines(path):  # text that is not UTF-8 stops the run here, naming its line
+            if not line.strip():
+                continue
+            try:
+                record = parse_json_line(line, path, n)
+                good.append((n, record, prompt_for_prediction(record, template, data_format, where=f"{path}:{n}")))
+            except DataError as e:
+                bad.append(str(e))
     else:
         for n, record in iter_records(path):
             try:

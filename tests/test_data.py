@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from paddlebloom.chat import build_prompt
 from paddlebloom.data.dataset import BatchPlan, collate, load_examples
 from paddlebloom.data.encode import IGNORE, encode_turns
-from paddlebloom.data.formats import TEMPLATES, prompt_for_prediction, to_turns
+from paddlebloom.data.formats import TEMPLATES, prompt_for_prediction, to_dialogue
 from paddlebloom.data.readers import DataError, iter_records
 from paddlebloom.tokenizer import BloomTokenizer
 
@@ -18,11 +19,17 @@ def tok(tiny_dir):
     return BloomTokenizer.from_pretrained(tiny_dir)
 
 
-def expected(tok, pairs, template=BELLE):
+def belle_prompt(q, system=None, first=True):
+    """BELLE's prompt text written out by hand (not through Template): a system prompt and a
+    blank line open the conversation."""
+    return (system + "\n\n" if system and first else "") + "Human: \n" + q + "\n\nAssistant: \n"
+
+
+def expected(tok, pairs, system=None):
     """Independent construction: concatenate, shift by one, mask prompt positions."""
     ids, scored = [], []
-    for q, a in pairs:
-        p = tok.encode(template.render(q)) if q is not None else []
+    for i, (q, a) in enumerate(pairs):
+        p = tok.encode(belle_prompt(q, system, i == 0)) if q is not None else []
         r = tok.encode(a) + [tok.eos_token_id]
         ids += p + r
         scored += [0] * len(p) + [1] * len(r)
@@ -50,14 +57,31 @@ CASES = {
                      [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")]),
     "text": ({"text": "Bob went to Paris with a dog."}, [(None, "Bob went to Paris with a dog.")]),
 }
+SYSTEM = "You are a terse assistant."
+# The formats users bring from LLaMA-Factory and OpenAI, each with a system prompt: (record, pairs, system).
+SYSTEM_CASES = {
+    "sharegpt": ({"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"},
+                                    {"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "A tiny BLOOM."}], "system": SYSTEM},
+                 [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")], SYSTEM),
+    "sharegpt_system_turn": ({"conversations": [{"from": "system", "value": SYSTEM}, {"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]},
+                             [("hi", "hello")], SYSTEM),
+    "openai_messages": ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "3 plus 4?"}, {"role": "assistant", "content": "7"},
+                                      {"role": "user", "content": [{"type": "text", "text": "and 5 plus 5?"}]}, {"role": "assistant", "content": "10"}]},
+                        [("3 plus 4?", "7"), ("and 5 plus 5?", "10")], SYSTEM),
+    "alpaca_history_system": ({"instruction": "Translate into Chinese.", "input": "dog", "output": "狗", "system": SYSTEM,
+                               "history": [["Translate into Chinese.\ncat", "猫"], ["And bird?", "鸟"]]},
+                              [("Translate into Chinese.\ncat", "猫"), ("And bird?", "鸟"), ("Translate into Chinese.\ndog", "狗")], SYSTEM),
+    "belle_history": ({"instruction": "三加四等于多少？", "output": "七", "history": [["一加一？", "二"]]}, [("一加一？", "二"), ("三加四等于多少？", "七")], None),
+}
+ALL_CASES = {**{k: (r, p, None) for k, (r, p) in CASES.items()}, **SYSTEM_CASES}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(ALL_CASES))
 def test_each_format_gives_shifted_masked_arrays(tok, tmp_path, name):
-    record, pairs = CASES[name]
+    record, pairs, system = ALL_CASES[name]
     path = write(tmp_path / f"{name}.jsonl", [record])
     (ids, labels), = load_examples([path], tok, BELLE, 256, 256, show_progress=False)
-    want_ids, want_labels = expected(tok, pairs)
+    want_ids, want_labels = expected(tok, pairs, system)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(labels, want_labels)
     n_answers = sum(len(tok.encode(a)) + 1 for _, a in pairs)
@@ -112,6 +136,13 @@ def test_prompt_for_prediction_uses_history(tok):
     ({"instruction": "x"}, "'output'"),
     ({"instruction": 3, "output": "y"}, "'instruction'"),
     ({"conversations": [{"from": "assistant", "value": "x"}]}, "conversations[0]"),
+    ({"conversations": [{"from": "gpt", "value": "x"}]}, "'conversations[0]': gpt turn without a user turn"),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "{}"}]}, "'conversations[1]' needs 'from' one of human|user|gpt|assistant|system"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "c"}]}, "'messages[2]': a system message must come before"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, "'messages[0].content' must be a string or a list of text parts"),
+    ({"messages": [{"speaker": "user", "text": "a"}]}, "'messages[0]' needs 'role'"),
+    ({"instruction": "a", "output": "b", "history": [["q"]]}, "'history[0]' must be a [query, answer] pair"),
+    ({"instruction": "a", "output": "b", "system": 3}, "'system' must be a string"),
     ({"src": ["a"], "tgt": "b"}, "'src'/'tgt'"),
     ({"foo": "bar"}, "unknown format"),
 ])
@@ -119,7 +150,7 @@ def test_bad_records_name_file_line_and_field(tmp_path, record, field):
     path = write(tmp_path / "bad.jsonl", [CASES["belle"][0], record])
     with pytest.raises(DataError) as err:
         for n, r in iter_records(path):
-            to_turns(r, where=f"{path}:{n}")
+            to_dialogue(r, where=f"{path}:{n}")
     assert str(err.value).startswith(f"{path}:2:") and field in str(err.value)
 
 
@@ -133,3 +164,49 @@ def test_collate_and_batch_plan_are_deterministic():
     assert len(set(seen)) == len(seen) == 8  # an epoch visits examples without repeats
     split = [BatchPlan(10, 2, 1, 2, r, 5).micro_batches(0)[0] for r in range(2)]
     assert sorted(split[0] + split[1]) == sorted(BatchPlan(10, 4, 1, 1, 0, 5).micro_batches(0)[0])
+
+
+def test_templates_write_the_system_prompt_as_documented():
+    q = "2+2?"
+    assert TEMPLATES["belle"].render(q) == "Human: \n2+2?\n\nAssistant: \n"
+    assert TEMPLATES["belle"].render(q, SYSTEM) == SYSTEM + "\n\nHuman: \n2+2?\n\nAssistant: \n"
+    preamble = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    assert TEMPLATES["alpaca"].render(q) == preamble + "### Instruction:\n2+2?\n\n### Response:\n"  # unchanged without a system prompt
+    assert TEMPLATES["alpaca"].render(q, SYSTEM) == SYSTEM + "\n\n### Instruction:\n2+2?\n\n### Response:\n"  # the system prompt replaces the preamble
+    assert TEMPLATES["plain"].render(q, SYSTEM) == SYSTEM + "\n\n2+2?" and TEMPLATES["plain"].render(q) == q
+    assert all(t.render(q, SYSTEM, first=False) == t.render(q, None, first=False) == t.prompt.format(q=q) for t in TEMPLATES.values())
+
+
+@pytest.mark.parametrize("name", sorted(SYSTEM_CASES))
+def test_prediction_and_chat_prompts_carry_history_and_system(tok, tmp_path, name):
+    record, pairs, system = SYSTEM_CASES[name]
+    *history, (query, answer) = pairs
+    # prediction: the last answer is the reference; the prompt is every earlier turn, then the query
+    want = "".join(belle_prompt(q, system, i == 0) + a + "</s>" for i, (q, a) in enumerate(history)) + belle_prompt(query, system, not history)
+    assert prompt_for_prediction(record) == want
+    key = "conversations" if "conversations" in record else "messages" if "messages" in record else None
+    if key:  # a conversation that ends with the user asks for the next answer: same prompt
+        assert prompt_for_prediction({**record, key: record[key][:-1]}) == want
+    else:
+        assert prompt_for_prediction({k: v for k, v in record.items() if k != "output"}) == want
+    # chat: the same token ids as the training example up to the last answer
+    (ids, _), = load_examples([write(tmp_path / "r.jsonl", [record])], tok, BELLE, 256, 256, show_progress=False)
+    prompt = build_prompt(tok, BELLE, history, query, 256, system)
+    assert prompt == ids[: len(prompt)].tolist() and tok.decode(ids[len(prompt):]).startswith(answer)
+    if system and history:  # a full context drops the oldest turns, never the system prompt
+        short = build_prompt(tok, BELLE, history, query, len(tok.encode(belle_prompt(query, system))) + 1, system)
+        assert short == tok.encode(belle_prompt(query, system))
+
+
+@pytest.mark.parametrize("suffix, content", [
+    (".jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n'),
+    (".json", b'[\n {"text": "fine"},\n {"text": "caf\xe9"}\n]\n'),
+    (".txt", b"fine\ncaf\xe9\n"),
+])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, suffix, content):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        list(iter_records(str(path)))
+    line = 3 if suffix == ".json" else 2
+    assert str(err.value).startswith(f"{path}:{line}: not UTF-8 text (byte 0xe9)")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_py, shared_file
 from paddlebloom import corpus
-from paddlebloom.data.formats import TEMPLATES, to_turns
+from paddlebloom.data.formats import TEMPLATES, to_dialogue
 from paddlebloom.data.readers import DataError, iter_records
 
 
@@ -47,8 +47,8 @@ def test_convert_to_conversations_and_src_tgt(tmp_path):
     conv, st = tmp_path / "conv.jsonl", tmp_path / "st.jsonl"
     run_py(["-m", "paddlebloom.tools.convert", "--input", src, "--output", str(conv), "--to", "conversations"])
     run_py(["-m", "paddlebloom.tools.convert", "--input", src, "--output", str(st), "--to", "src_tgt", "--template", "belle"])
-    originals = [to_turns(r) for _, r in iter_records(src)]
-    assert [to_turns(r) for _, r in iter_records(str(conv))] == originals
+    originals = [to_dialogue(r).turns for _, r in iter_records(src)]
+    assert [to_dialogue(r).turns for _, r in iter_records(str(conv))] == originals
     st_records = [r for _, r in iter_records(str(st))]
     assert len(st_records) == 5000
     assert st_records[1] == {"src": TEMPLATES["belle"].render(originals[1][0][0]), "tgt": originals[1][0][1]}

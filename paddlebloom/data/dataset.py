@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .encode import IGNORE, encode_turns, template_overhead
-from .formats import Template, to_turns
+from .formats import Template, to_dialogue
 from .readers import DataError, iter_records
 
 Example = Tuple[np.ndarray, np.ndarray]
@@ -34,8 +34,8 @@ def load_examples(paths: Sequence[str], tokenizer, template: Template, src_lengt
         before = len(examples)
         records = tqdm(iter_records(path), desc=f"tokenizing {path}", disable=not show_progress, unit=" rec")
         for line, record in records:
-            turns = to_turns(record, data_format, where=f"{path}:{line}")
-            examples.append(encode_turns(turns, tokenizer, template, src_length, tgt_length))
+            dialogue = to_dialogue(record, data_format, where=f"{path}:{line}")
+            examples.append(encode_turns(dialogue.turns, tokenizer, template, src_length, tgt_length, dialogue.system))
         if len(examples) == before:
             raise DataError(f"{path}:1: no records")
     return examples

@@ -7,31 +7,47 @@
 - several turns: the earliest turns are dropped first until src_length + tgt_length fits; the
   last remaining turn is then truncated as a single turn.
 - plain text: loss on every token, EOS appended, cut at src_length + tgt_length.
+- a system prompt (or the template's default opening) is part of the first kept turn's prompt:
+  masked like every prompt, and kept when earlier turns are dropped.
+
+Chat (paddlebloom.chat.build_prompt) builds its prompts from the same pieces, so a conversation
+is tokenised the same way when it is trained on and when it is continued.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .formats import Template, Turn
 
 IGNORE = -100
+Piece = Tuple[List[int], List[int]]  # (prompt ids, answer ids + EOS; [] for the answer still to come)
 
 
-def _pieces(turns: Sequence[Turn], tokenizer, template: Template) -> List[Tuple[List[int], List[int]]]:
+def turn_pieces(turns: Sequence[Turn], tokenizer, template: Template, system: Optional[str] = None) -> List[Piece]:
+    """Each turn's prompt and answer encoded on their own; the first prompt carries the opening."""
     eos = tokenizer.eos_token_id
     if turns[0][0] is None:  # plain text
         return [([], tokenizer.encode(turns[0][1]) + [eos])]
-    prompts = tokenizer.encode_batch([template.render(q) for q, _ in turns])
-    answers = tokenizer.encode_batch([a for _, a in turns])
-    return [(p, a + [eos]) for p, a in zip(prompts, answers)]
+    prompts = tokenizer.encode_batch([template.render(q, system, first=i == 0) for i, (q, _) in enumerate(turns)])
+    answers = tokenizer.encode_batch([a or "" for _, a in turns])
+    return [(p, a + [eos] if answer is not None else []) for p, a, (_, answer) in zip(prompts, answers, turns)]
 
 
-def encode_turns(turns: Sequence[Turn], tokenizer, template: Template, src_length: int, tgt_length: int):
-    """Return (input_ids, labels) as int32 arrays of equal length."""
-    pieces = _pieces(turns, tokenizer, template)
-    budget = src_length + tgt_length
+def drop_oldest_turns(pieces: List[Piece], turns: Sequence[Turn], tokenizer, template: Template, system: Optional[str], budget: int) -> List[Piece]:
+    """Drop the earliest turns until the pieces fit in `budget` tokens (the last one always stays);
+    the turn that becomes the first is re-encoded with the conversation's opening."""
+    pieces = list(pieces)
     while len(pieces) > 1 and sum(len(p) + len(a) for p, a in pieces) > budget:
         pieces.pop(0)
+        query = turns[len(turns) - len(pieces)][0]
+        pieces[0] = (tokenizer.encode(template.render(query, system)), pieces[0][1])
+    return pieces
+
+
+def encode_turns(turns: Sequence[Turn], tokenizer, template: Template, src_length: int, tgt_length: int, system: Optional[str] = None):
+    """Return (input_ids, labels) as int32 arrays of equal length."""
+    budget = src_length + tgt_length
+    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, budget)
     if len(pieces) == 1:
         prompt, answer = pieces[0]
         if prompt:

@@ -13,7 +13,7 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from ..data.readers import DataError, iter_records
+from ..data.readers import DataError, decode_utf8, iter_records
 from ..runtime import parallel_context
 from .wikitext import count_original_words, detokenize_wikitext
 from .windows import Window, plan_windows
@@ -25,11 +25,7 @@ def read_text(path: str) -> str:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}:0: file not found") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    text = decode_utf8(raw, path)
     if not text.strip():
         raise DataError(f"{path}:1: empty file")
     return text

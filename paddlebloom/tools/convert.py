@@ -11,23 +11,28 @@ import sys
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.formats import TEMPLATES, to_turns
+from ..data.formats import TEMPLATES, to_dialogue
 from ..data.readers import iter_records
 
 
 def convert_record(record: dict, to: str, where: str, template=None, index: int = 0) -> dict:
-    turns = to_turns(record, where=where)
+    """A system prompt stays a `system` field in conversations; src/tgt has no such field, so it
+    is written into the first source, as the template (default: plain) renders it."""
+    dialogue = to_dialogue(record, where=where)
+    turns = dialogue.turns
     if turns[0][0] is None:
         raise ValueError(f"{where}: plain text has no instruction/response turns to convert")
     if to == "conversations":
         messages = []
         for query, answer in turns:
             messages += [{"from": "human", "value": query}, {"from": "assistant", "value": answer}]
-        return {"id": str(record.get("id", index)), "conversations": messages}
-    render = template.render if template else (lambda q: q)
+        converted = {"id": str(record.get("id", index)), "conversations": messages}
+        return {**converted, "system": dialogue.system} if dialogue.system else converted
+    template = template or TEMPLATES["plain"]
+    src = [template.render(q, dialogue.system, first=i == 0) for i, (q, _) in enumerate(turns)]
     if len(turns) == 1:
-        return {"src": render(turns[0][0]), "tgt": turns[0][1]}
-    return {"src": [render(q) for q, _ in turns], "tgt": [a for _, a in turns]}
+        return {"src": src[0], "tgt": turns[0][1]}
+    return {"src": src, "tgt": [a for _, a in turns]}
 
 
 def convert(input_path: str, output_path: str, to: str, template_name=None) -> int:

@@ -14,16 +14,18 @@ import numpy as np
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.readers import iter_json_lines
+from ..data.formats import to_dialogue
+from ..data.readers import DataError, iter_json_lines, iter_text_lines
 
 
 def is_single_turn(record: dict) -> bool:
-    conv = record.get("conversations")
-    if isinstance(conv, list):
-        return len(conv) == 2 and [m.get("from") for m in conv if isinstance(m, dict)] == ["human", "assistant"]
-    if isinstance(record.get("src"), list):
-        return len(record["src"]) == 1
-    return "instruction" in record or "src" in record
+    """One question and its answer in any instruction format (history counts as turns; plain
+    text and records no format reads are not single-turn)."""
+    try:
+        turns = to_dialogue(record, answered=False).turns
+    except DataError:
+        return False
+    return len(turns) == 1 and turns[0][0] is not None
 
 
 def _single_turn_lines(path: str):
@@ -36,7 +38,7 @@ def _single_turn_lines(path: str):
 def sample(input_path: str, output_path: str, ratio: float, seed: int = 0) -> dict:
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"--sample_ratio {ratio} must be in (0, 1]")
-    total_lines = sum(1 for _ in open(input_path, encoding="utf-8"))
+    total_lines = sum(1 for _ in iter_text_lines(input_path))
     singles = sum(1 for _ in _single_turn_lines(input_path))
     k = int(round(ratio * singles))
     chosen = np.sort(np.random.default_rng(seed).choice(singles, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.formats import TEMPLATES, get_template, to_turns
+from ..data.formats import TEMPLATES, get_template, to_dialogue
 from ..data.readers import iter_records
 from ..loading import load_tokenizer
 
@@ -22,8 +22,9 @@ def lengths(path: str, tokenizer, template) -> dict:
     """Token counts per record: prompt (all turns' templated queries) and response (answers + EOS)."""
     prompts, responses = [], []
     for n, record in iter_records(path):
-        turns = to_turns(record, where=f"{path}:{n}")
-        queries = [template.render(q) for q, _ in turns if q is not None]
+        dialogue = to_dialogue(record, where=f"{path}:{n}")
+        turns = dialogue.turns
+        queries = [template.render(q, dialogue.system, first=i == 0) for i, (q, _) in enumerate(turns) if q is not None]
         prompts.append(sum(len(ids) for ids in tokenizer.encode_batch(queries)) if queries else 0)
         responses.append(sum(len(ids) + 1 for ids in tokenizer.encode_batch([a for _, a in turns])))
     return {"prompt": np.asarray(prompts), "response": np.asarray(responses)}
