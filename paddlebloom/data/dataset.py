@@ -17,12 +17,26 @@ from .readers import DataError, iter_records
 Example = Tuple[np.ndarray, np.ndarray]
 
 
-def load_examples(paths: Sequence[str], tokenizer, template: Template, src_length: int, tgt_length: int,
-                  data_format: Optional[str] = None, show_progress: bool = True) -> List[Example]:
-    """Read and encode every record of every file (a pretokenized store is read as it is)."""
+def check_src_length(tokenizer, template: Template, src_length: int) -> None:
     if src_length < template_overhead(tokenizer, template) + 1:
         raise DataError(f"--src_length:0: {src_length} tokens cannot hold the '{template.name}' template "
                         f"({template_overhead(tokenizer, template)} tokens) plus a question")
+
+
+def iter_file_records(path: str, show_progress: bool = True):
+    """("FILE:LINE", record) of one file, behind a progress bar; a file without records is an error."""
+    count = 0
+    for line, record in tqdm(iter_records(path), desc=f"tokenizing {path}", disable=not show_progress, unit=" rec"):
+        count += 1
+        yield f"{path}:{line}", record
+    if not count:
+        raise DataError(f"{path}:1: no records")
+
+
+def load_examples(paths: Sequence[str], tokenizer, template: Template, src_length: int, tgt_length: int,
+                  data_format: Optional[str] = None, show_progress: bool = True) -> List[Example]:
+    """Read and encode every record of every file (a pretokenized store is read as it is)."""
+    check_src_length(tokenizer, template, src_length)
     examples: List[Example] = []
     for path in paths:
         from .pretokenized import check_compatible, is_pretokenized, load_pretokenized
@@ -31,13 +45,9 @@ def load_examples(paths: Sequence[str], tokenizer, template: Template, src_lengt
             check_compatible(path, tokenizer, template.name, src_length, tgt_length)
             examples += load_pretokenized(path)
             continue
-        before = len(examples)
-        records = tqdm(iter_records(path), desc=f"tokenizing {path}", disable=not show_progress, unit=" rec")
-        for line, record in records:
-            dialogue = to_dialogue(record, data_format, where=f"{path}:{line}")
+        for where, record in iter_file_records(path, show_progress):
+            dialogue = to_dialogue(record, data_format, where=where)
             examples.append(encode_turns(dialogue.turns, tokenizer, template, src_length, tgt_length, dialogue.system))
-        if len(examples) == before:
-            raise DataError(f"{path}:1: no records")
     return examples
 
 

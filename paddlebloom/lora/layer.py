@@ -31,10 +31,11 @@ class LoRALinear(nn.Layer):
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout)
         self.merged = False
+        self.disabled = False  # lora.model.adapters_disabled: the base layer alone (DPO's reference)
 
     def forward(self, x):
         y = self.base[0](x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         if self.row_parallel:
             low = reduce_from_tp(paddle.matmul(self.dropout(x), self.lora_A))

@@ -4,6 +4,7 @@ An adapter directory holds lora_config.json + lora_model_state.pdparams (PaddleN
 under tensor parallelism the saved weights are merged to full size, and split again on load.
 """
 import os
+from contextlib import contextmanager
 from typing import Dict
 
 import numpy as np
@@ -97,3 +98,21 @@ def merge_lora(model: paddle.nn.Layer) -> paddle.nn.Layer:
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
+
+
+@contextmanager
+def adapters_disabled(model: paddle.nn.Layer):
+    """Run the base model inside the block: every LoRA branch is skipped, nothing is copied.
+
+    DPO with LoRA uses this as its reference model (as peft's `disable_adapter()` does for TRL).
+    """
+    layers = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear)]
+    if not layers:
+        raise ValueError("the model has no LoRA adapter to disable")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False

@@ -101,6 +101,18 @@ def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: i
     torch.nn.CrossEntropyLoss(label_smoothing=eps)); positions whose label is ignore_index do not count.
     Returns (mean loss, number of counted tokens).
     """
+    nll, counted = parallel_token_nll(local_logits, labels, vocab_start, vocab_size, label_smoothing, ignore_index)
+    n_tokens = counted.sum()
+    return nll.sum() / paddle.clip(n_tokens, min=1.0), n_tokens
+
+
+def parallel_token_nll(local_logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float = 0.0, ignore_index: int = -100):
+    """Per-token (smoothed) NLL from vocabulary-split logits, flattened to [tokens]: (nll, counted).
+
+    nll is 0 where the label is ignore_index; counted is 1.0 where it is not. Every rank of the
+    tensor-parallel group gets the same values (sequence scores, e.g. DPO's log-probabilities,
+    are sums of these).
+    """
     logits = local_logits.astype("float32").reshape([-1, local_logits.shape[-1]])
     labels = labels.reshape([-1])
     if parallel_context().tp_degree == 1:
@@ -108,8 +120,7 @@ def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: i
     else:
         nll = _split_vocab_nll(logits, labels, vocab_start, vocab_size, label_smoothing)
     counted = (labels != ignore_index).astype("float32")
-    n_tokens = counted.sum()
-    return (nll * counted).sum() / paddle.clip(n_tokens, min=1.0), n_tokens
+    return nll * counted, counted
 
 
 def _whole_vocab_nll(logits, labels, label_smoothing: float, ignore_index: int):

@@ -21,13 +21,14 @@ def _flag(p, name, help_text, default=False):
     p.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fine-tune BLOOM: full, tensor-parallel, LoRA or prefix.")
+def build_parser(description: str = "Fine-tune BLOOM: full, tensor-parallel, LoRA or prefix.", data_formats=FORMATS) -> argparse.ArgumentParser:
+    """The fine-tuning flags; other trainers (finetune/dpo.py) add their own groups to it."""
+    p = argparse.ArgumentParser(description=description)
     g = p.add_argument_group("model and data")
     g.add_argument("--model_name_or_path", required=True)
     g.add_argument("--train_file", "--data_path", dest="train_file", nargs="+", help="training data (JSON, JSON lines, .txt, or a pretokenized store)")
     g.add_argument("--validation_file", "--dev_path", dest="validation_file", nargs="+")
-    g.add_argument("--data_format", choices=FORMATS, help="force a format instead of detecting it per record")
+    g.add_argument("--data_format", choices=data_formats, help="force a format instead of detecting it per record")
     g.add_argument("--template", default="belle", choices=sorted(TEMPLATES))
     g.add_argument("--src_length", "--max_input_length", dest="src_length", type=int, default=512)
     g.add_argument("--tgt_length", "--max_output_length", dest="tgt_length", type=int, default=512)
@@ -87,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+def parse_args(argv=None, parser=None) -> argparse.Namespace:
+    args = (parser or build_parser()).parse_args(argv)
     if not args.do_train and not args.do_eval:
         args.do_train = True
     problems = []

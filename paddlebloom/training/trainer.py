@@ -78,6 +78,47 @@ def evaluate(model, examples, batch_size: int, pad_token_id: int) -> dict:
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
+class TokenObjective:
+    """What supervised fine-tuning learns: mean token NLL, every scored token of a step weighing the same.
+
+    The trainer asks its objective for everything that depends on what is learned (examples,
+    batches, the loss, evaluation, extra reports), so other objectives (paddlebloom.dpo) reuse
+    the loop, checkpoints, resume and reports as they are.
+    """
+
+    title, loss_label = "fine-tuning", "loss (nats / token)"
+
+    def load(self, files, tokenizer, template, args, show_progress: bool):
+        return load_examples(files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show_progress)
+
+    def attach(self, model, args, config, model_dir: str) -> None:
+        """Called once the trained model is built (an objective may need a reference model)."""
+
+    def collate(self, examples, pad_token_id: int):
+        return collate(examples, pad_token_id)
+
+    def units(self, batch) -> float:
+        """How much a micro-batch weighs in its step's mean loss (here: scored tokens)."""
+        return float((batch[2] != -100).sum())
+
+    def loss(self, model, batch, args):
+        ids, mask, labels = (paddle.to_tensor(a) for a in batch)
+        return model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False).loss
+
+    def step_metrics(self) -> dict:
+        """Metrics of the step just taken, beyond loss, learning rate and gradient norm."""
+        return {}
+
+    def evaluate(self, model, examples, batch_size: int, pad_token_id: int) -> dict:
+        return evaluate(model, examples, batch_size, pad_token_id)
+
+    def describe(self, result: dict) -> str:
+        return f"eval loss {result['eval_loss']:.4f} ppl {result['eval_ppl']:.2f}"
+
+    def report(self, output_dir: str, metrics: dict, title: str) -> None:
+        """Plots beyond loss_curve.png."""
+
+
 def _sum_over_data_parallel(value: float) -> float:
     ctx = parallel_context()
     if ctx.dp_degree == 1:
@@ -87,21 +128,23 @@ def _sum_over_data_parallel(value: float) -> float:
     return float(t)
 
 
-def train_step(model, optimizer, named, batches, args, scaler=None):
+def train_step(model, optimizer, named, batches, args, scaler=None, objective=None):
     """One optimizer step over micro-batches (numpy ids, mask, labels); returns (loss, grad norm, lr).
 
     Every scored token of the step weighs the same, whichever micro-batch or data-parallel rank
-    it is in: accumulation then equals one big batch exactly.
+    it is in: accumulation then equals one big batch exactly (an objective's `units` say what a
+    micro-batch weighs: tokens here, preference pairs for DPO).
     """
-    step_tokens = _sum_over_data_parallel(float(sum((labels != -100).sum() for _, _, labels in batches)))
+    objective = objective or TokenObjective()
+    step_units = _sum_over_data_parallel(sum(objective.units(batch) for batch in batches))
     loss_sum = 0.0
     for batch in batches:
-        ids, mask, labels = (paddle.to_tensor(a) for a in batch)
+        units = objective.units(batch)
         with autocast(args):
-            out = model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False)
-        loss = out.loss * (float(out.n_tokens) / max(step_tokens, 1.0))
+            mean_loss = objective.loss(model, batch, args)
+        loss = mean_loss * (units / max(step_units, 1.0))
         (scaler.scale(loss) if scaler else loss).backward()
-        loss_sum += float(out.loss) * float(out.n_tokens)
+        loss_sum += float(mean_loss) * units
     sum_gradients_over_data_parallel(named)
     if scaler:
         scaler.unscale_(optimizer)
@@ -113,7 +156,7 @@ def train_step(model, optimizer, named, batches, args, scaler=None):
     else:
         optimizer.step()
     optimizer.clear_grad()
-    return _sum_over_data_parallel(loss_sum) / max(step_tokens, 1.0), norm, lr
+    return _sum_over_data_parallel(loss_sum) / max(step_units, 1.0), norm, lr
 
 
 def _save_final(trained: TrainedPart, output_dir: str) -> None:
@@ -126,7 +169,8 @@ def _save_final(trained: TrainedPart, output_dir: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def run(args) -> dict:
+def run(args, objective=None) -> dict:
+    objective = objective or TokenObjective()
     quiet()
     use_all_cores()
     ctx = init_parallel(args.tensor_parallel_degree)
@@ -137,28 +181,31 @@ def run(args) -> dict:
     tokenizer = BloomTokenizer.from_pretrained(model_dir)
     template = get_template(args.template)
     show = ctx.is_main and not args.disable_tqdm
-    load = lambda files: load_examples(files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show)
+    load = lambda files: objective.load(files, tokenizer, template, args, show)
     train_set = load(args.train_file) if args.do_train else []
     eval_set = load(args.validation_file) if args.validation_file else []
 
     paddle.seed(args.seed)
     model, kind = build_model(args, config, model_dir)
+    objective.attach(model, args, config, model_dir)
     trained = TrainedPart(kind, model, config, model_dir, merge=not args.save_shards)
     metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": []}
     if args.do_train:
-        metrics.update(train(args, model, trained, train_set, eval_set, tokenizer.pad_token_id))
+        metrics.update(train(args, model, trained, train_set, eval_set, tokenizer.pad_token_id, objective))
     if args.do_eval:
-        metrics["final_eval"] = evaluate(model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id)
-        log(f"eval loss {metrics['final_eval']['eval_loss']:.4f} ppl {metrics['final_eval']['eval_ppl']:.2f}")
+        metrics["final_eval"] = objective.evaluate(model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id)
+        log(objective.describe(metrics["final_eval"]))
     if ctx.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         write_metrics(args.output_dir, metrics)
         if metrics["train_history"]:
-            plot_loss_curve(args.output_dir, metrics["train_history"], metrics["eval_history"], f"{kind} fine-tuning, TP={ctx.tp_degree}")
+            plot_loss_curve(args.output_dir, metrics["train_history"], metrics["eval_history"], f"{kind} {objective.title}, TP={ctx.tp_degree}", objective.loss_label)
+            objective.report(args.output_dir, metrics, f"{kind} {objective.title}, TP={ctx.tp_degree}")
     return metrics
 
 
-def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: int) -> dict:
+def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: int, objective=None) -> dict:
+    objective = objective or TokenObjective()
     ctx = parallel_context()
     plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.dp_degree, ctx.dp_rank, args.seed)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
@@ -177,19 +224,20 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
     bar = tqdm(total=total_steps, initial=start, desc=f"{trained.kind} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
     for step in range(start, total_steps):
         paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
-        batches = [collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
-        loss, norm, lr = train_step(model, optimizer, named, batches, args, scaler)
+        batches = [objective.collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
+        loss, norm, lr = train_step(model, optimizer, named, batches, args, scaler, objective)
         schedule.step()
-        record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm}
+        extra = objective.step_metrics()
+        record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm, **extra}
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (step + 1) % max(1, args.logging_steps) == 0 or step == start:
-            log(f"step {step + 1}/{total_steps} loss {record['loss']:.6f} lr {lr:.3e} grad_norm {norm:.4f}")
+            log(f"step {step + 1}/{total_steps} loss {record['loss']:.6f} lr {lr:.3e} grad_norm {norm:.4f}" + "".join(f" {k} {v:.4f}" for k, v in extra.items()))
         if eval_set and args.eval_steps and (step + 1) % args.eval_steps == 0:
-            result = evaluate(model, eval_set, args.per_device_eval_batch_size, pad_token_id)
+            result = objective.evaluate(model, eval_set, args.per_device_eval_batch_size, pad_token_id)
             eval_history.append({"step": step + 1, **result})
-            log(f"step {step + 1} eval loss {result['eval_loss']:.4f} ppl {result['eval_ppl']:.2f}")
+            log(f"step {step + 1} {objective.describe(result)}")
         if args.save_steps and (step + 1) % args.save_steps == 0:
             state = {"train_history": history, "eval_history": eval_history, "seed": args.seed}
             path = save_training_checkpoint(trained, optimizer, args.output_dir, step + 1, state, args.save_total_limit)

@@ -1,0 +1,1 @@
+"""Preference tuning (DPO / IPO) on the fine-tuning trainer: finetune/dpo.py."""
