@@ -39,6 +39,17 @@ def launch(args, log_dir, nproc=2, check=True, timeout=600):
     return proc
 
 
+def start_server(model_dir, *flags):
+    """deploy/serve.py on a free loopback port; returns (process, base URL) once it listens."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "deploy", "serve.py"), "--model_dir", model_dir, "--port", "0", *flags],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise AssertionError(f"serve.py did not start: {line}{proc.stderr.read()[-3000:]}")
+    return proc, line.split(" on ")[1].split()[0].rstrip("/")
+
+
 def require_hf_venv():
     """The peer venv (.venv-hf): CI always has it (fail there), a developer may not (skip)."""
     if not os.path.exists(HF_PY):

@@ -4,34 +4,20 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, _env, run_py
+from conftest import ROOT, run_py, start_server
 from paddlebloom import corpus
 from paddlebloom.deploy.predictor import Sampling
 from paddlebloom.serving.client import call, stream, text_of
 
-SERVE = os.path.join(ROOT, "deploy", "serve.py")
 DEPLOY = os.path.join(ROOT, "deploy", "infer_generation.py")
 NEW = 20
 MAX_PROMPT, MAX_NEW = 64, 48
-
-
-def start_server(model_dir, *flags):
-    """deploy/serve.py on a free loopback port; returns (process, base URL) once it listens."""
-    proc = subprocess.Popen([sys.executable, SERVE, "--model_dir", model_dir, "--port", "0", *flags], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "serving" not in line:
-        proc.kill()
-        raise AssertionError(f"serve.py did not start: {line}{proc.stderr.read()[-3000:]}")
-    return proc, line.split(" on ")[1].split()[0].rstrip("/")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 _MODULUS, _MULTIPLIER = 2147483647, 48271
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RowGenerator:
@@ -38,7 +39,11 @@ def penalise(logits: np.ndarray, seen: Iterable[int], penalty: float) -> np.ndar
         ids = np.fromiter(seen, dtype=np.int64)
         if ids.size:
             picked = logits[ids]
-            logits[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+            with np.errstate(over="ignore", divide="ignore"):
+                penalised = np.where(picked > 0, picked / penalty, picked * penalty)
+            # Kept finite: a tiny penalty (a request may send 1e-300) divided logits to inf, and
+            # inf - inf gave NaN probabilities that top-p found no token in (a 500 for the batch).
+            logits[ids] = np.clip(penalised, -_FLOAT32_MAX, _FLOAT32_MAX)
     return logits
 
 

@@ -93,16 +93,15 @@ def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
         raise ApiError(400, f"the body nests arrays/objects deeper than {limit} levels")
 
 
-def _field(path: str) -> Optional[str]:
-    """The top-level field a path is in (OpenAI's `param`)."""
-    return re.split(r"[.\[]", path, maxsplit=1)[0] or None
-
-
 def _member(path: str, key: str) -> str:
-    """`path.key`, or `path["key"]` (escaped, shortened) when the key is not a plain name."""
+    """`path.key`, or `path["key"]` (control characters escaped, shortened) when the key is not a plain name."""
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
         return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)[:40]}]"
+    return f"{path}[{json.dumps(key[:40], ensure_ascii=False)}]"
+
+
+def _shown(path: str) -> str:
+    return f"'{path}'" if path else "the body"
 
 
 def _text(value: str, where: str, param: Optional[str]) -> None:
@@ -113,20 +112,21 @@ def _text(value: str, where: str, param: Optional[str]) -> None:
                        param=param) from None
 
 
-def _walk(value, path: str) -> None:
-    """ApiError 400 naming the first field holding a refused number or a string that is not Unicode."""
+def _walk(value, path: str = "", param: Optional[str] = None) -> None:
+    """ApiError 400 naming the first field holding a refused number or a string that is not Unicode;
+    `param` is the top-level field it is in (OpenAI's error `param`)."""
     if isinstance(value, str):
-        _text(value, f"'{path}'" if path else "the body", _field(path))
+        _text(value, _shown(path), param)
     elif isinstance(value, _BadNumber):
         shown = value.text if len(value.text) <= 24 else value.text[:24] + "..."
-        raise ApiError(400, f"'{path or 'body'}': {shown} {value.why}", param=_field(path))
+        raise ApiError(400, f"{_shown(path)}: {shown} {value.why}", param=param)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _text(key, f"a field name in '{path}'" if path else "a field name", _field(path))
-            _walk(item, _member(path, key))
+            _text(key, f"a field name in '{path}'" if path else "a field name", param)
+            _walk(item, _member(path, key), param if path else key)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _walk(item, f"{path}[{i}]")
+            _walk(item, f"{path}[{i}]", param)
 
 
 def parse(raw: bytes):
@@ -140,7 +140,7 @@ def parse(raw: bytes):
         value = json.loads(text, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant)
     except json.JSONDecodeError as e:
         raise ApiError(400, f"the body is not valid JSON: {str(e).splitlines()[0]}") from None
-    _walk(value, "")
+    _walk(value)
     return value
 
 

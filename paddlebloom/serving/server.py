@@ -87,7 +87,12 @@ class Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
     def send_error(self, code, message=None, explain=None):
-        """The base class's errors (bad request line, oversized headers, ...) as JSON too."""
+        """The base class's errors (bad request line, oversized headers, ...) as JSON too. Its 5xx are
+        the client's doing (501: a method it does not know, 505: HTTP/2 in a text request line), and
+        a 5xx here means a server fault: an unknown method is answered as PUT is, a version as 400."""
+        if code == 501:
+            return self._other_method()
+        code = 400 if code >= 500 else code
         self.close_connection = True
         self._json(code, api.ApiError(code, message or self.responses.get(code, ("error",))[0]).body())
 
@@ -117,7 +122,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             route()
         except api.ApiError as e:
-            self._error(e)
+            try:
+                self._error(e)
+            except OSError:  # the client left before its answer
+                self.close_connection, self._unread = True, 0
         except (ClientGone, BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection, self._unread = True, 0  # gone or too slow: nothing to drain for
         except Exception as e:  # noqa: BLE001 - the server must survive whatever a request triggers
