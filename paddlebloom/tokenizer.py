@@ -4,10 +4,11 @@ Reads the real bigscience `tokenizer.json` as it is, or PaddleNLP's `vocab.json`
 (GPT-2 pre-tokenisation, which is what PaddleNLP's BloomTokenizer does). Byte-level BPE encodes
 any text, so decode(encode(s)) == s. Special tokens are BLOOM's: <unk>=0 <s>=1 </s>=2 <pad>=3.
 """
+import functools
 import hashlib
 import json
 import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -55,6 +56,21 @@ class BloomTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for: a token can hold part of a character, so its text alone may
+        not be valid UTF-8 (OpenAI's logprobs report such tokens by their bytes). Special tokens:
+        their own text, though decode() skips them."""
+        symbol = self.backend.id_to_token(int(token_id))
+        if symbol is None:
+            return b""
+        table = _byte_symbols()
+        if symbol in SPECIAL_TOKENS or any(ch not in table for ch in symbol):
+            return symbol.encode("utf-8")
+        return bytes(table[ch] for ch in symbol)
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in (self.unk_token_id, self.bos_token_id, self.eos_token_id, self.pad_token_id)
+
     def save_pretrained(self, directory: str, model_max_length: int = 2048) -> None:
         """Write tokenizer.json for us and Hugging Face, vocab.json + merges.txt for PaddleNLP."""
         os.makedirs(directory, exist_ok=True)
@@ -67,6 +83,22 @@ class BloomTokenizer:
             json.dump(config, f, indent=2)
         with open(os.path.join(directory, "special_tokens_map.json"), "w", encoding="utf-8") as f:
             json.dump(specials, f, indent=2)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_symbols() -> Dict[str, int]:
+    """Byte-level BPE writes each byte as a printable character (GPT-2's table, which BLOOM's
+    tokenizer uses): bytes that are printable Latin-1 stand for themselves, the other 68 take the
+    characters from U+0100 on, in byte order. Symbol -> byte."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    table, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[chr(byte)] = byte
+        else:
+            table[chr(256 + shifted)] = byte
+            shifted += 1
+    return table
 
 
 def train_byte_level_bpe(texts: Sequence[str], vocab_size: int) -> BloomTokenizer:

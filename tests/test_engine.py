@@ -210,6 +210,11 @@ def test_onednn_bf16_precision_where_the_cpu_has_it(exported_tiny, prompts):
     assert bf16 == fp32
 
 
+def every_position(n):
+    """The step model's `picks` for one row of n new tokens: all of them."""
+    return paddle.arange(n, dtype="int64").reshape([1, n])
+
+
 def perplexity(step, ids, window=128):
     """Token perplexity of `ids` in non-overlapping windows, through the step model's own kernels."""
     config = step.config
@@ -218,7 +223,7 @@ def perplexity(step, ids, window=128):
         chunk = ids[start : start + window + 1]
         cache = KVCache(config.n_layer, step.local_heads, config.head_dim, 1, len(chunk))
         with paddle.no_grad():
-            logits = step(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, len(chunk) - 1)), every_position=True)
+            logits = step(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, len(chunk) - 1)), every_position(len(chunk) - 1))
         logp = logits.numpy()[0].astype(np.float64)
         logp -= np.log(np.exp(logp - logp.max(-1, keepdims=True)).sum(-1, keepdims=True)) + logp.max(-1, keepdims=True)
         nll -= logp[np.arange(len(chunk) - 1), chunk[1:]].sum()
@@ -254,7 +259,7 @@ def test_int8_and_bf16_perplexity_within_one_percent_of_fp32_on_wikitext(wiki_mo
     with paddle.no_grad():
         logits = model(paddle.to_tensor([chunk[:-1]])).logits.numpy()[0]
         cache = KVCache(model.config.n_layer, model.config.n_head, model.config.head_dim, 1, 129)
-        ours = StepModel(model)(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, 128)), every_position=True).numpy()[0]
+        ours = StepModel(model)(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, 128)), every_position(128)).numpy()[0]
     np.testing.assert_allclose(ours, logits, atol=1e-4)
     print(ppl)
     assert ppl["float32"] < 500, ppl  # the model learned WikiText (a uniform guess over 2000 tokens is 2000)

@@ -98,7 +98,7 @@ def test_export_writes_a_self_contained_directory(exported):
         assert json.load(f)["eos_token_id"] == 2
     with open(os.path.join(exported, "export_info.json")) as f:
         info = json.load(f)
-    assert info["program"] == "step" and info["weights"] == "float32" and info["inputs"] == ["input_ids", "cache", "slots", "past", "lens"]
+    assert info["program"] == "step" and info["weights"] == "float32" and info["inputs"] == ["input_ids", "cache", "slots", "past", "lens", "picks"]
 
 
 def test_static_greedy_equals_dynamic_batch_1_and_padded_batch_4(exported, trained_tiny, prompts):

@@ -145,7 +145,14 @@ MALFORMED = [
     ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": "10"}, 400),
     ("POST", "/v1/completions", {"prompt": "hi", "temperature": -1}, 400),
     ("POST", "/v1/completions", {"prompt": "hi", "top_p": 0}, 400),
-    ("POST", "/v1/completions", {"prompt": "hi", "n": 2}, 400),
+    ("POST", "/v1/completions", {"prompt": "hi", "n": 0}, 400),
+    ("POST", "/v1/completions", {"prompt": "hi", "n": 2, "best_of": 3}, 400),  # no server-side ranking
+    ("POST", "/v1/completions", {"prompt": "hi", "logprobs": 6}, 400),  # OpenAI's completions bound is 5
+    ("POST", "/v1/completions", {"prompt": "hi", "echo": 1}, 400),
+    ("POST", "/v1/completions", {"prompt": [5, "a"]}, 400),
+    ("POST", "/v1/completions", {"prompt": [[5], [10 ** 9]]}, 400),  # a token id outside the vocabulary
+    ("POST", "/v1/completions", {"prompt": "hi", "presence_penalty": 2.5}, 400),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400),  # needs logprobs: true
     ("POST", "/v1/completions", {"prompt": "hi", "stream": "yes"}, 400),
     ("POST", "/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404),
     ("POST", "/v1/chat/completions", {"messages": []}, 400),
@@ -282,7 +289,7 @@ def test_chat_page_streams_an_answer_in_headless_chromium(plain_server, prompts)
 
 
 def test_text_stream_holds_back_partial_characters_and_stop_strings(exported_tiny):
-    from paddlebloom.serving.api import TextStream
+    from paddlebloom.serving.responses import TextStream
     from paddlebloom.tokenizer import BloomTokenizer
 
     tokenizer = BloomTokenizer.from_pretrained(exported_tiny)

@@ -1,6 +1,6 @@
 """Where the step model runs: eagerly (predict, chat, evaluation) or as an exported program (deploy, serving).
 
-Both take NumPy in and give NumPy logits out, and share the engine's KV cache memory with the
+Both take NumPy in and give NumPy logits out ([rows, picks, vocab]), and share the engine's KV cache memory with the
 model (no copies), so `StepEngine` does not know which one it drives.
 """
 import json
@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-STEP_INPUTS = ("input_ids", "cache", "slots", "past", "lens")  # the exported step program's feed names, in order
+STEP_INPUTS = ("input_ids", "cache", "slots", "past", "lens", "picks")  # the exported step program's feed names, in order
 
 
 class EagerBackend:
@@ -20,11 +20,11 @@ class EagerBackend:
         self.n_layer, self.n_head, self.head_dim = config.n_layer, step_model.local_heads, config.head_dim
         self.vocab_size, self.cache_dtype = config.vocab_size, "float32"
 
-    def forward(self, ids, cache, slots, past, lens) -> np.ndarray:
+    def forward(self, ids, cache, slots, past, lens, picks) -> np.ndarray:
         import paddle
 
         with paddle.no_grad():
-            logits = self.model(*(paddle.to_tensor(a) for a in (ids,)), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens)))
+            logits = self.model(paddle.to_tensor(ids), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens, picks)))
         return logits.numpy()
 
 
@@ -38,13 +38,11 @@ class InferenceBackend:
         self._handles = {name: predictor.get_input_handle(name) for name in STEP_INPUTS}
         self._output = predictor.get_output_handle(predictor.get_output_names()[0])
 
-    def forward(self, ids, cache, slots, past, lens) -> np.ndarray:
+    def forward(self, ids, cache, slots, past, lens, picks) -> np.ndarray:
         h = self._handles
-        h["input_ids"].copy_from_cpu(ids)
         h["cache"].share_external_data(cache.tensor)  # zero-copy: the program writes the new keys/values into it
-        h["slots"].copy_from_cpu(slots)
-        h["past"].copy_from_cpu(past)
-        h["lens"].copy_from_cpu(lens)
+        for name, value in (("input_ids", ids), ("slots", slots), ("past", past), ("lens", lens), ("picks", picks)):
+            h[name].copy_from_cpu(value)
         self.predictor.run()
         return self._output.copy_to_cpu()
 

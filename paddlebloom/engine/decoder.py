@@ -9,8 +9,9 @@ slot from its first prefill to its release. `generate` is the plain batch loop o
 drives `prefill`/`decode` itself.
 """
 import random
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence as Seq, Set
+from typing import Callable, List, Optional, Sequence as Seq, Set, Tuple
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .kv_cache import KVCache
 from .settings import GenerationConfig
 
 PREFILL_CHUNK = 512  # prompt tokens per row per call: bounds activation memory for long prompts
+SCORE_LOGITS = 2**25  # logits per call when scoring prompts (128 MB): every position's vocabulary row comes back
+
+TokenLogprob = Tuple[float, List[Tuple[int, float]]]  # (log p of the token, [(alternative, log p)] most likely first)
 
 
 @dataclass
@@ -32,9 +36,12 @@ class Sequence:
     prompt_done: int = 0  # prompt tokens already in the slot
     next_input: Optional[int] = None  # the chosen token whose keys/values are not in the slot yet
     tokens: List[int] = field(default_factory=list)
-    seen: Set[int] = field(default_factory=set)
+    seen: Set[int] = field(default_factory=set)  # prompt and new tokens (the repetition penalty's set)
+    counts: Counter = field(default_factory=Counter)  # new tokens only (presence and frequency penalties, as OpenAI)
     rng: Optional[sampler.RowGenerator] = None
     finish_reason: Optional[str] = None  # "stop" (EOS), "length", "cancelled"
+    logprobs: List[TokenLogprob] = field(default_factory=list)  # per new token (and a final EOS), when config.logprobs is set
+    prompt_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)  # per prompt token (the first: None)
 
     @property
     def finished(self) -> bool:
@@ -56,7 +63,7 @@ class StepEngine:
         """Claim a slot for a prompt (prefill it with `prefill`)."""
         if not prompt:
             raise ValueError("an empty prompt cannot be continued")
-        need = self.needed_length(len(prompt), config.max_new_tokens)
+        need = self.needed_length(len(prompt), max(config.max_new_tokens, 1))
         if need > self.cache.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} needs {need} cache positions; this engine has {self.cache.max_len}")
         seq = Sequence(list(prompt), config, seen=set(prompt))
@@ -72,8 +79,9 @@ class StepEngine:
             self.cache.release(seq.slot)
             seq.slot = -1
 
-    def run(self, rows: List[Sequence], chunks: List[List[int]]) -> np.ndarray:
-        """Feed each row its chunk of new tokens; logits [rows, vocab] after each row's last one."""
+    def run(self, rows: List[Sequence], chunks: List[List[int]], every_position: bool = False) -> np.ndarray:
+        """Feed each row its chunk of new tokens; logits [rows, vocab] after each row's last one
+        ([rows, width, vocab] after each of them with every_position)."""
         width = max(len(c) for c in chunks)
         ids = np.zeros([len(rows), width], dtype=np.int64)
         for r, chunk in enumerate(chunks):
@@ -81,28 +89,53 @@ class StepEngine:
         slots = np.array([s.slot for s in rows], dtype=np.int64)
         past = np.array([s.filled for s in rows], dtype=np.int64)
         lens = np.array([len(c) for c in chunks], dtype=np.int64)
-        logits = self.backend.forward(ids, self.cache, slots, past, lens)
+        picks = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1)) if every_position else (lens - 1)[:, None]
+        logits = self.backend.forward(ids, self.cache, slots, past, lens, picks)
         for seq, chunk in zip(rows, chunks):
             seq.filled += len(chunk)
-        return logits
+        return logits if every_position else logits[:, 0]
 
     def prefill_logits(self, seqs: List[Sequence]) -> List[np.ndarray]:
-        """Put the prompts into their slots; the logits after each prompt's last token."""
+        """Put the prompts into their slots; the logits after each prompt's last token. Prompts whose
+        config asks for prompt_logprobs are scored on the way (every position's logits come back)."""
         logits = {}
-        pending = [s for s in seqs if s.prompt_done < len(s.prompt)]
-        while pending:
-            chunks = [s.prompt[s.prompt_done : s.prompt_done + PREFILL_CHUNK] for s in pending]
-            out = self.run(pending, chunks)
-            for r, (seq, chunk) in enumerate(zip(pending, chunks)):
-                seq.prompt_done += len(chunk)
-                if seq.prompt_done == len(seq.prompt):
-                    logits[id(seq)] = out[r]
-            pending = [s for s in pending if s.prompt_done < len(s.prompt)]
+        for scoring in (False, True):
+            pending = [s for s in seqs if s.prompt_done < len(s.prompt) and (s.config.prompt_logprobs is not None) == scoring]
+            while pending:
+                size = max(1, min(PREFILL_CHUNK, SCORE_LOGITS // (self.backend.vocab_size * len(pending)))) if scoring else PREFILL_CHUNK
+                chunks = [s.prompt[s.prompt_done : s.prompt_done + size] for s in pending]
+                out = self.run(pending, chunks, every_position=scoring)
+                for r, (seq, chunk) in enumerate(zip(pending, chunks)):
+                    if scoring:
+                        self._score_prompt(seq, out[r, : len(chunk)])
+                    seq.prompt_done += len(chunk)
+                    if seq.prompt_done == len(seq.prompt):
+                        logits[id(seq)] = out[r, len(chunk) - 1] if scoring else out[r]
+                pending = [s for s in pending if s.prompt_done < len(s.prompt)]
         return [logits[id(s)] for s in seqs]
 
+    @staticmethod
+    def _score_prompt(seq: Sequence, rows: np.ndarray) -> None:
+        """Log-probabilities of the prompt tokens that these rows (positions prompt_done...) predict:
+        the model's own distribution (no penalties or temperature: nothing was chosen there)."""
+        if seq.prompt_done == 0:
+            seq.prompt_logprobs.append(None)  # the first token has no context to be predicted from
+        for j, row in enumerate(rows):
+            position = seq.prompt_done + j + 1
+            if position < len(seq.prompt):
+                seq.prompt_logprobs.append(sampler.token_logprob(sampler.log_softmax(row), seq.prompt[position], seq.config.prompt_logprobs))
+
     def prefill(self, seqs: List[Sequence]) -> List[Optional[int]]:
-        """Prefill and choose each sequence's first token (None where it is EOS)."""
-        return [self.choose(s, row) for s, row in zip(seqs, self.prefill_logits(seqs))]
+        """Prefill and choose each sequence's first token (None where it is EOS, or where only the
+        prompt was to be scored: max_new_tokens 0)."""
+        out = []
+        for seq, row in zip(seqs, self.prefill_logits(seqs)):
+            if seq.config.max_new_tokens == 0:
+                seq.finish_reason = "length"
+                out.append(None)
+            else:
+                out.append(self.choose(seq, row))
+        return out
 
     def decode_logits(self, seqs: List[Sequence]) -> np.ndarray:
         """Feed each sequence its last chosen token; the logits after it [rows, vocab]."""
@@ -116,15 +149,25 @@ class StepEngine:
         """Pick, record and return the next token; None (and a finish reason) at EOS."""
         c = seq.config
         row = sampler.penalise(logits, seq.seen, c.repetition_penalty)
+        row = sampler.penalise_counts(row, seq.counts, c.presence_penalty, c.frequency_penalty)
+        if len(seq.tokens) < c.min_new_tokens:
+            row[c.eos_token_id] = -np.inf  # too early to stop (row is the penalised copy)
         if c.decode_strategy == "sampling":
-            token = sampler.draw(sampler.sampling_probs(row, c.temperature, c.top_k, c.top_p), seq.rng.uniform())
+            probs = sampler.sampling_probs(row, c.temperature, c.top_k, c.top_p)
+            token = sampler.draw(probs, seq.rng.uniform())
+            distribution = probs  # log-probabilities are of what the token was drawn from
         else:
             token = int(row.argmax())
+            distribution = None
+        if c.logprobs is not None:  # EOS too: clients count one entry per token asked for (as vLLM reports it)
+            logp = sampler.log_softmax(row) if distribution is None else sampler.safe_log(distribution)
+            seq.logprobs.append(sampler.token_logprob(logp, token, c.logprobs))
         if token == c.eos_token_id:
             seq.finish_reason = "stop"
             return None
         seq.tokens.append(token)
         seq.seen.add(token)
+        seq.counts[token] += 1
         seq.next_input = token
         if len(seq.tokens) >= c.max_new_tokens:
             seq.finish_reason = "length"

@@ -6,12 +6,13 @@ function of (prompt, settings, seed) whichever batch it runs in, in the eager de
 exported program alike (both call this code).
 
 Semantics: the repetition penalty is CTRL's / Hugging Face's (seen tokens' positive logits
-divided, negative multiplied; seen = prompt and output); greedy takes the argmax after it;
+divided, negative multiplied; seen = prompt and output), then OpenAI's presence and frequency
+penalties (subtracted; counted over the output only); greedy takes the argmax after them;
 sampling applies temperature, then top-k, then top-p (the smallest set of most likely tokens
 whose mass reaches top_p), and draws by inverse CDF over the vocabulary order with one uniform
 number from a Park-Miller generator (int64 multiply and modulo: the same draws on every machine).
 """
-from typing import Iterable
+from typing import Iterable, List, Mapping, Tuple
 
 import numpy as np
 
@@ -47,9 +48,36 @@ def penalise(logits: np.ndarray, seen: Iterable[int], penalty: float) -> np.ndar
     return logits
 
 
+def penalise_counts(logits: np.ndarray, counts: Mapping[int, int], presence: float, frequency: float) -> np.ndarray:
+    """OpenAI's presence and frequency penalties (in place on a penalised copy): logit[j] -=
+    counts[j] * frequency + (counts[j] > 0) * presence, counts over the tokens generated so far."""
+    if (presence or frequency) and counts:
+        ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        times = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        logits[ids] -= times * frequency + presence
+    return logits
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def safe_log(probs: np.ndarray) -> np.ndarray:
+    """log of a distribution; tokens a filter removed get -inf (without a warning)."""
+    with np.errstate(divide="ignore"):
+        return np.log(probs)
+
+
+def token_logprob(logp: np.ndarray, token: int, top: int) -> Tuple[float, List[Tuple[int, float]]]:
+    """(log p of `token`, the `top` most likely tokens with theirs, most likely first). Tokens a
+    top-k/top-p filter removed are never listed (their log p is -inf), so fewer may come back."""
+    alternatives: List[Tuple[int, float]] = []
+    if top > 0:
+        best = np.argpartition(-logp, top - 1)[:top] if top < logp.size else np.arange(logp.size)
+        best = best[np.argsort(-logp[best], kind="stable")]
+        alternatives = [(int(t), float(logp[t])) for t in best if np.isfinite(logp[t])]
+    return float(logp[token]), alternatives
 
 
 def _top_p_keep(probs: np.ndarray, top_p: float) -> np.ndarray:

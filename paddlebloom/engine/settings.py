@@ -8,27 +8,39 @@ STRATEGIES = ("greedy_search", "sampling", "beam_search")
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS cannot be chosen before this many new tokens (PaddleNLP's min_length)
     decode_strategy: str = "greedy_search"
     top_k: int = 0
     top_p: float = 1.0
     temperature: float = 1.0
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.0  # CTRL's: seen tokens' logits divided (positive) or multiplied (negative)
+    presence_penalty: float = 0.0  # OpenAI's: logit -= presence * [token already generated]
+    frequency_penalty: float = 0.0  # OpenAI's: logit -= frequency * (times token already generated)
     num_beams: int = 1
     length_penalty: float = 1.0  # beam search: a hypothesis scores sum(log p) / new_tokens ** length_penalty (HF's rule)
     eos_token_id: int = 2
     pad_token_id: int = 3
     seed: Optional[int] = None  # sampling without a seed draws one
+    logprobs: Optional[int] = None  # record each new token's log-probability and this many top alternatives
+    prompt_logprobs: Optional[int] = None  # score the prompt too (its tokens' log-probabilities, this many alternatives)
 
     def validate(self) -> None:
         if self.decode_strategy not in STRATEGIES:
             raise ValueError(f"--decode_strategy {self.decode_strategy}: choose from {', '.join(STRATEGIES)}")
         checks = (
-            (self.max_new_tokens >= 1, f"--max_new_tokens {self.max_new_tokens}: must be >= 1"),
+            # 0 new tokens only makes sense when the prompt itself is scored (OpenAI's echo with max_tokens 0)
+            (self.max_new_tokens >= (0 if self.prompt_logprobs is not None else 1), f"--max_new_tokens {self.max_new_tokens}: must be >= 1"),
             (self.top_k >= 0, f"--top_k {self.top_k}: must be >= 0 (0 = no top-k)"),
             (0.0 < self.top_p <= 1.0, f"--top_p {self.top_p}: must be in (0, 1]"),
             (self.temperature > 0.0, f"--temperature {self.temperature}: must be > 0 (use --decode_strategy greedy_search for argmax)"),
             (self.repetition_penalty > 0.0, f"--repetition_penalty {self.repetition_penalty}: must be > 0"),
+            (-2.0 <= self.presence_penalty <= 2.0, f"--presence_penalty {self.presence_penalty}: must be in [-2, 2]"),
+            (-2.0 <= self.frequency_penalty <= 2.0, f"--frequency_penalty {self.frequency_penalty}: must be in [-2, 2]"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs {self.logprobs}: must be in [0, 20]"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, f"prompt_logprobs {self.prompt_logprobs}: must be in [0, 20]"),
             (self.num_beams >= 1, f"--num_beams {self.num_beams}: must be >= 1"),
+            (0 <= self.min_new_tokens <= max(self.max_new_tokens, 0), f"min_new_tokens {self.min_new_tokens}: must be in [0, max_new_tokens]"),
+            (self.min_new_tokens == 0 or self.decode_strategy != "beam_search", "min_new_tokens is not supported with beam search"),
         )
         for ok, message in checks:
             if not ok:

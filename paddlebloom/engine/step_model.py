@@ -1,6 +1,6 @@
-"""BLOOM as one step of the step-wise engine: new tokens in, last-token logits out, cache updated in place.
+"""BLOOM as one step of the step-wise engine: new tokens in, logits of picked positions out, cache updated in place.
 
-`StepModel.forward(input_ids, cache, slots, past, lens)` runs any number of new tokens per row
+`StepModel.forward(input_ids, cache, slots, past, lens, picks)` runs any number of new tokens per row
 (a prompt's prefill or one decode token) against a preallocated KV cache that the engine owns:
 row r's `lens[r]` tokens (right-padded to the batch's width) continue slot `slots[r]`, which
 already holds `past[r]` tokens. The custom `cache_attention` op writes their keys/values into the
@@ -108,7 +108,7 @@ class StepBlock(nn.Layer):
 
 
 class StepModel(nn.Layer):
-    """forward(input_ids [b, s], cache, slots [b], past [b], lens [b]) -> logits [b, vocab] of each row's last new token."""
+    """forward(input_ids [b, s], cache, slots [b], past [b], lens [b], picks [b, k]) -> logits [b, k, vocab] at the picked positions."""
 
     def __init__(self, model, kind: str = "float32"):
         super().__init__()
@@ -125,16 +125,18 @@ class StepModel(nn.Layer):
         self.local_heads = bloom.h[0].self_attention.local_heads
         self.eval()
 
-    def forward(self, input_ids, cache, slots, past, lens, every_position: bool = False):
+    def forward(self, input_ids, cache, slots, past, lens, picks=None):
+        """picks [b, k]: which of each row's new positions to return logits for -> [b, k, vocab].
+        Decoding picks each row's last new token (the default); prompt scoring picks them all.
+        Only picked positions go through the final norm and the LM head (vocabulary-wide rows)."""
         x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
         for i, block in enumerate(self.h):
             x = block(x, cache, slots, past, lens, self.alibi_slopes, i)
-        if every_position:  # eager scoring (perplexity of a quantised model): logits [b, s, vocab]
-            return gather_from_tp(self.word_embeddings.logits(self.ln_f(x))).astype("float32")
-        # Decoding needs each row's last new token only: pick it before the final norm and the LM head.
-        last = (lens - 1).clip(min=0).reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]])
-        hidden = self.ln_f(paddle.take_along_axis(x, last, axis=1))
+        if picks is None:
+            picks = (lens - 1).clip(min=0).reshape([-1, 1])
+        index = picks.unsqueeze(-1).expand([-1, -1, x.shape[-1]])
+        hidden = self.ln_f(paddle.take_along_axis(x, index, axis=1))
         if self.kind == "float32" and parallel_context().tp_degree == 1:
             # our kernel reads the [vocab, hidden] table as stored (Paddle's transpose_y matmul: 2x slower at 8 rows)
-            return linear_fp32(hidden, self.word_embeddings.weight).squeeze(1)
-        return gather_from_tp(self.word_embeddings.logits(hidden)).squeeze(1).astype("float32")
+            return linear_fp32(hidden, self.word_embeddings.weight)
+        return gather_from_tp(self.word_embeddings.logits(hidden)).astype("float32")

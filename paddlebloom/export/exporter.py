@@ -2,7 +2,7 @@
 
 The output directory holds only what deployment reads:
   NAME.json + NAME.pdiparams    the step program (Paddle 3 PIR; legacy Paddle writes NAME.pdmodel):
-                                new tokens + KV cache in, last-token logits out (engine/step_model.py)
+                                new tokens + KV cache in, logits of the picked positions out (engine/step_model.py)
   prefix_kv.npy                 a prefix adapter's keys/values, copied into each request's cache slot
   tokenizer files               so prompts are encoded exactly as in training
   generation_config.json        eos/pad/bos ids and default generation settings
@@ -57,6 +57,7 @@ def step_input_spec(config, local_heads: int):
         InputSpec([None], "int64", name="slots"),
         InputSpec([None], "int64", name="past"),
         InputSpec([None], "int64", name="lens"),
+        InputSpec([None, None], "int64", name="picks"),
     ]
 
 

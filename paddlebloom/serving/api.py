@@ -1,16 +1,21 @@
-"""OpenAI-compatible request checking and response shapes for /v1/completions and /v1/chat/completions.
+"""OpenAI-compatible request checking for /v1/completions and /v1/chat/completions.
 
 Checking is strict: a field this server does not know is an error (a typo such as `max_token`
 would otherwise be silently ignored and the user would wonder why the answer is long).
 
 Decoding: `temperature: 0` is greedy; a positive temperature, `top_p` < 1 or `top_k` > 0 ask for
 sampling; with none of them the exported generation_config.json's defaults apply. `top_k` and
-`repetition_penalty` are extensions (as in vLLM). `seed` makes sampling reproducible.
-Completions take the prompt as raw text (as deploy/infer_generation.py does with stdin lines);
+`repetition_penalty` are extensions (as in vLLM); `presence_penalty` / `frequency_penalty` are
+OpenAI's. `seed` makes sampling reproducible (choice j of a request draws from seed + j).
+Completions take the prompt as raw text, a list of texts, token ids, or a list of token-id lists
+(one choice per prompt, `n` per prompt with index = prompt * n + j, as OpenAI numbers them);
 chat messages are rendered in the fine-tuning template by paddlebloom.chat.build_prompt.
+`logprobs` (completions: how many alternatives; chat: `logprobs: true` + `top_logprobs`) and
+`echo` (completions: the prompt's own log-probabilities, `max_tokens` 0 allowed) run on the same
+engine: scoring a prompt is its prefill.
 """
-import time
-import uuid
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -29,24 +34,33 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
-COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stream", "stop", "n", "user",
-          "stream_options", "max_completion_tokens"}
-COMPLETION_FIELDS = COMMON | {"prompt"}
-CHAT_FIELDS = COMMON | {"messages"}
+COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
+          "seed", "stream", "stop", "n", "user", "stream_options", "max_completion_tokens", "logprobs"}
+COMPLETION_FIELDS = COMMON | {"prompt", "echo", "best_of"}
+CHAT_FIELDS = COMMON | {"messages", "top_logprobs"}
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 4  # as OpenAI
+MAX_LOGPROBS = {"completion": 5, "chat": 20}  # OpenAI's bounds on alternatives per token
 
 
 @dataclass
 class Request:
-    """A checked request: the prompt's token ids and how to decode."""
+    """A checked request: the prompts' token ids (one or more) and how to decode them."""
 
-    prompt_ids: List[int]
+    prompts: List[List[int]]
     sampling: Sampling
     seeded: bool
     stream: bool
     stop: List[str] = field(default_factory=list)
     include_usage: bool = False
+    n: int = 1
+    echo: bool = False
+    logprobs: Optional[str] = None  # "completion" or "chat": the shape of the log-probabilities to return
+
+    def jobs(self) -> List[Tuple[List[int], Sampling, bool]]:
+        """(prompt, settings, seeded) per choice, in OpenAI's order: prompt by prompt, n each."""
+        return [(ids, dataclasses.replace(self.sampling, seed=self.sampling.seed + j), self.seeded)
+                for ids in self.prompts for j in range(self.n)]
 
 
 @dataclass
@@ -54,6 +68,8 @@ class Limits:
     max_prompt_tokens: int
     max_new_tokens: int
     defaults: Dict  # generation_config.json of the exported model
+    vocab_size: int = 0  # token ids in prompts must be below it (0: not checked)
+    max_choices: int = 32  # prompts x n per request: what the server runs at once
 
 
 def _typed(body: Dict, name: str, types, lo=None, hi=None, lo_open=False):
@@ -62,6 +78,8 @@ def _typed(body: Dict, name: str, types, lo=None, hi=None, lo_open=False):
     value = body[name]
     if isinstance(value, bool) or not isinstance(value, types):
         raise ApiError(400, f"'{name}' must be {'an integer' if types is int else 'a number'}, got {type(value).__name__}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a finite number, got {value}", param=name)
     if lo is not None and (value <= lo if lo_open else value < lo) or hi is not None and value > hi:
         bound = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
         raise ApiError(400, f"'{name}' = {value} is out of range ({bound}{', ' if bound and hi is not None else ''}{f'<= {hi}' if hi is not None else ''})", param=name)
@@ -76,18 +94,51 @@ def _check_fields(body, allowed: set) -> None:
         raise ApiError(400, f"unknown field '{unknown[0]}' (this server accepts: {', '.join(sorted(allowed))})", param=unknown[0])
 
 
-def _sampling(body: Dict, limits: Limits) -> Tuple[Sampling, bool]:
+def _flag(body: Dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false", param=name)
+    return value
+
+
+def _logprobs(body: Dict, chat: bool) -> Optional[int]:
+    """How many alternatives per token to return, or None for no log-probabilities."""
+    kind = "chat" if chat else "completion"
+    if chat:
+        top = _typed(body, "top_logprobs", int, 0, MAX_LOGPROBS[kind])
+        if not _flag(body, "logprobs"):
+            if top is not None:
+                raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+            return None
+        return top or 0
+    return _typed(body, "logprobs", int, 0, MAX_LOGPROBS[kind])
+
+
+def _choices(body: Dict, prompts: int, limits: Limits) -> int:
+    n = _typed(body, "n", int, 1, limits.max_choices)
+    n = 1 if n is None else n
+    best_of = _typed(body, "best_of", int, 1)
+    if best_of is not None and best_of != n:
+        raise ApiError(400, f"'best_of' {best_of} is not supported (no server-side ranking): ask for 'n' choices and rank them yourself", param="best_of")
+    if prompts * n > limits.max_choices:
+        raise ApiError(400, f"{prompts} prompt(s) x n={n} is {prompts * n} answers; this server runs at most {limits.max_choices} at once", param="n")
+    return n
+
+
+def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: bool = False) -> Tuple[Sampling, bool]:
     d = limits.defaults
-    max_tokens = _typed(body, "max_tokens", int, 1, limits.max_new_tokens)
-    max_tokens = max_tokens if max_tokens is not None else _typed(body, "max_completion_tokens", int, 1, limits.max_new_tokens)
+    least = 0 if echo else 1  # echo with max_tokens 0 scores the prompt only (how lm-evaluation-harness asks)
+    max_tokens = _typed(body, "max_tokens", int, least, limits.max_new_tokens)
+    max_tokens = max_tokens if max_tokens is not None else _typed(body, "max_completion_tokens", int, least, limits.max_new_tokens)
     temperature = _typed(body, "temperature", (int, float), 0, 100)
     top_p = _typed(body, "top_p", (int, float), 0, 1, lo_open=True)
     top_k = _typed(body, "top_k", int, 0, 100000)
     penalty = _typed(body, "repetition_penalty", (int, float), 0, 100, lo_open=True)
+    presence = _typed(body, "presence_penalty", (int, float), -2, 2)
+    frequency = _typed(body, "frequency_penalty", (int, float), -2, 2)
     seed = _typed(body, "seed", int, 0, 2 ** 62)
-    n = _typed(body, "n", int)
-    if n not in (None, 1):
-        raise ApiError(400, "'n' must be 1 (send several requests for several answers)", param="n")
     asks_sampling = (temperature is not None and temperature > 0) or (top_p is not None and top_p < 1) or bool(top_k)
     if temperature == 0:
         strategy = "greedy_search"
@@ -103,7 +154,12 @@ def _sampling(body: Dict, limits: Limits) -> Tuple[Sampling, bool]:
         top_p=float(top_p) if top_p is not None else float(d.get("top_p", 1.0)),
         temperature=float(temperature) if temperature else float(d.get("temperature", 1.0)),
         repetition_penalty=float(penalty) if penalty is not None else float(d.get("repetition_penalty", 1.0)),
+        presence_penalty=float(presence or 0.0),
+        frequency_penalty=float(frequency or 0.0),
         seed=seed or 0,
+        logprobs=logprobs,
+        # echo puts the prompt in the answer; its log-probabilities come from scoring it (also with max_tokens 0)
+        prompt_logprobs=(logprobs or 0) if echo and (logprobs is not None or max_tokens == 0) else None,
     )
     try:
         sampling.validate()
@@ -113,9 +169,7 @@ def _sampling(body: Dict, limits: Limits) -> Tuple[Sampling, bool]:
 
 
 def _stream_flags(body: Dict) -> Tuple[bool, List[str], bool]:
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be true or false", param="stream")
+    stream = _flag(body, "stream")
     stop = body.get("stop")
     stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
@@ -133,18 +187,37 @@ def _check_length(ids: List[int], limits: Limits, what: str) -> None:
         raise ApiError(400, f"{what} has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}", param="messages" if "message" in what else "prompt")
 
 
+def _prompts(prompt, tokenizer, limits: Limits) -> List[List[int]]:
+    """OpenAI's four prompt forms -> token ids per prompt."""
+    if isinstance(prompt, str):
+        return [tokenizer.encode(prompt)]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return [tokenizer.encode(p) for p in prompt]
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return [_token_ids(prompt, limits, "prompt")]
+        if all(isinstance(p, list) for p in prompt):
+            return [_token_ids(p, limits, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists", param="prompt")
+
+
+def _token_ids(ids: List, limits: Limits, where: str) -> List[int]:
+    for t in ids:
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0 or (limits.vocab_size and t >= limits.vocab_size):
+            raise ApiError(400, f"'{where}': token id {t!r} is not in this model's vocabulary [0, {limits.vocab_size})", param="prompt")
+    return list(ids)
+
+
 def parse_completion(body, tokenizer, limits: Limits) -> Request:
     _check_fields(body, COMPLETION_FIELDS)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ApiError(400, "'prompt' must be a string (one prompt per request)", param="prompt")
-    ids = tokenizer.encode(prompt)
-    _check_length(ids, limits, "'prompt'")
-    sampling, seeded = _sampling(body, limits)
+    prompts = _prompts(body.get("prompt"), tokenizer, limits)
+    for i, ids in enumerate(prompts):
+        _check_length(ids, limits, "'prompt'" if len(prompts) == 1 else f"'prompt[{i}]'")
+    echo, logprobs = _flag(body, "echo"), _logprobs(body, chat=False)
+    n = _choices(body, len(prompts), limits)
+    sampling, seeded = _sampling(body, limits, logprobs, echo)
     stream, stop, include_usage = _stream_flags(body)
-    return Request(ids, sampling, seeded, stream, stop, include_usage)
+    return Request(prompts, sampling, seeded, stream, stop, include_usage, n, echo, None if logprobs is None else "completion")
 
 
 def chat_turns(messages) -> Tuple[List[Tuple[str, str]], str]:
@@ -180,76 +253,8 @@ def parse_chat(body, tokenizer, template, limits: Limits) -> Request:
     # The newest message must fit on its own; older turns are dropped as in predict/chat.py.
     _check_length(tokenizer.encode(template.render(query)), limits, "the last message")
     ids = build_prompt(tokenizer, template, history, query, limits.max_prompt_tokens)
-    sampling, seeded = _sampling(body, limits)
+    logprobs = _logprobs(body, chat=True)
+    n = _choices(body, 1, limits)
+    sampling, seeded = _sampling(body, limits, logprobs)
     stream, stop, include_usage = _stream_flags(body)
-    return Request(ids, sampling, seeded, stream, stop, include_usage)
-
-
-class TextStream:
-    """Token ids in, text deltas out. Holds back the bytes of a character not yet complete and
-    any tail that could still become a stop string; `stopped` once a stop string appears (the
-    text ends before it, as OpenAI returns it)."""
-
-    def __init__(self, tokenizer, stop: List[str]):
-        self.tokenizer, self.stop, self.ids, self.sent, self.stopped = tokenizer, stop, [], "", False
-        self.decoded, self.decoded_upto = "", 0  # text of ids[:decoded_upto], which ends on a whole character
-
-    def _text(self) -> str:
-        """All text so far, decoding only the ids since the last whole character: re-decoding every
-        id per token made a 256-token answer cost O(n^2) tokenizer work on the server's threads.
-        (Byte-level BPE: the text of a suffix of ids is the suffix of the text, at a character boundary.)"""
-        tail = self.tokenizer.decode(self.ids[self.decoded_upto :])
-        if tail.endswith("\ufffd"):
-            return self.decoded + tail
-        self.decoded, self.decoded_upto = self.decoded + tail, len(self.ids)
-        return self.decoded
-
-    def feed(self, new_ids: List[int]) -> str:
-        self.ids.extend(new_ids)
-        text = self._text()
-        if text.endswith("\ufffd"):
-            return ""
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            return self._emit(text[:cut])
-        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return self._emit(text[: len(text) - hold])
-
-    def finish(self) -> str:
-        """The rest, at the end of generation (nothing more can complete a stop string)."""
-        return "" if self.stopped else self._emit(self._text())
-
-    def _emit(self, text: str) -> str:
-        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
-        self.sent = self.sent + delta
-        return delta
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> Dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-
-
-def completion_body(rid: str, model: str, text: str, finish: Optional[str], use: Optional[Dict]) -> Dict:
-    body = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-    if use is not None:
-        body["usage"] = use
-    return body
-
-
-def chat_body(rid: str, model: str, text: str, finish: Optional[str], use: Optional[Dict]) -> Dict:
-    body = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
-    if use is not None:
-        body["usage"] = use
-    return body
-
-
-def chat_chunk(rid: str, model: str, delta: Dict, finish: Optional[str]) -> Dict:
-    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return Request([ids], sampling, seeded, stream, stop, include_usage, n, False, None if logprobs is None else "chat")

@@ -65,7 +65,8 @@ def build(args):
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     engine = Engine(predictor, args.max_batch_size, args.max_concurrent, args.chunk_tokens, args.batch_wait_ms,
                     max_context=args.max_prompt_tokens + args.max_new_tokens)
-    limits = api.Limits(args.max_prompt_tokens, args.max_new_tokens, predictor.generation_config)
+    limits = api.Limits(args.max_prompt_tokens, args.max_new_tokens, predictor.generation_config,
+                        vocab_size=int(predictor.info.get("vocab_size", tokenizer.vocab_size)), max_choices=args.max_concurrent)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir)) or args.model_prefix
     app = App(engine, tokenizer, template, limits, name, args.max_body_bytes, args.access_log)
     try:

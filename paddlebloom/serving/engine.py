@@ -17,10 +17,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..deploy.predictor import GenerationPredictor, Sampling
 from ..engine import Sequence
+from ..engine.decoder import TokenLogprob
 
 
 class ServerBusy(Exception):
@@ -29,24 +30,34 @@ class ServerBusy(Exception):
 
 @dataclass
 class Job:
-    """One generation request as the scheduler sees it; `events` receives lists of new token ids,
-    then a final ("done", finish_reason, message) tuple."""
+    """One answer (a choice) as the scheduler sees it; `events` receives lists of new token ids,
+    then a final ("done", finish_reason, message) tuple. Each event also releases `signal`, which
+    the jobs of one request share, so one handler can wait for whichever of its choices moves.
+    `logprobs[i]` (when asked for) belongs to the i-th id sent, set before its event; with
+    logprobs an answer that ends on EOS sends the EOS id last (for its log-probability only)."""
 
     prompt: List[int]
     sampling: Sampling
     seeded: bool = False
     tokens: List[int] = field(default_factory=list)
     events: "queue.Queue" = field(default_factory=queue.Queue)
+    signal: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: int = 0
     chunks: int = 0
     finish_reason: Optional[str] = None
     sequence: Optional[Sequence] = None
     unsent: List[int] = field(default_factory=list)
+    logprobs: List[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)
 
     def cancel(self) -> None:
         """Called by the HTTP side when the client is gone or a stop string was seen."""
         self.cancelled.set()
+
+    def put(self, event) -> None:
+        self.events.put(event)
+        self.signal.release()
 
 
 class Engine:
@@ -72,21 +83,30 @@ class Engine:
 
     # ---- the HTTP side
     def submit(self, prompt: List[int], sampling: Sampling, seeded: bool = False) -> Job:
-        sampling = self.predictor.settings(sampling)
-        sampling.validate()
-        if not prompt:
-            raise ValueError("empty prompt: nothing to generate from")
+        return self.submit_many([(prompt, sampling, seeded)])[0]
+
+    def submit_many(self, requests: List[Tuple[List[int], Sampling, bool]]) -> List[Job]:
+        """Queue the choices of one request together (all or none: a request never half-runs).
+        They share one signal, so the handler waits on all of them at once."""
+        jobs, signal = [], threading.Semaphore(0)
+        for prompt, sampling, seeded in requests:
+            sampling = self.predictor.settings(sampling)
+            sampling.validate()
+            if not prompt:
+                raise ValueError("empty prompt: nothing to generate from")
+            jobs.append(Job(list(prompt), sampling, seeded, signal=signal))
         with self._lock:
             if self._stopping:
                 raise ServerBusy("the server is shutting down")
-            if len(self._waiting) + len(self._active) >= self.max_concurrent:
+            if len(self._waiting) + len(self._active) + len(jobs) > self.max_concurrent:
                 self.stats["rejected_busy"] += 1
                 raise ServerBusy(f"all {self.max_concurrent} generation slots are busy; retry later")
-            job = Job(list(prompt), sampling, seeded, id=next(self._ids))
-            self._waiting.append(job)
+            for job in jobs:
+                job.id = next(self._ids)
+                self._waiting.append(job)
             self.stats["requests"] += 1
             self._arrived.notify()
-        return job
+        return jobs
 
     def snapshot(self) -> Dict:
         with self._lock:
@@ -159,7 +179,7 @@ class Engine:
         for job in leftovers:
             if job.sequence is not None:
                 self.steps.release(job.sequence)
-            job.events.put(("done", "error", "the server is shutting down"))
+            job.put(("done", "error", "the server is shutting down"))
 
     def _account(self, batch: int, seconds: float) -> None:
         with self._lock:
@@ -170,13 +190,21 @@ class Engine:
 
     def _deliver(self, job: Job, token: Optional[int]) -> None:
         seq = job.sequence
+        if seq.prompt_logprobs and not job.prompt_logprobs:
+            job.prompt_logprobs = seq.prompt_logprobs
+        if token is None and len(seq.logprobs) > len(job.logprobs):
+            # the answer ended on EOS: its log-probability goes out with the EOS id (no text; not counted in usage)
+            job.logprobs.append(seq.logprobs[-1])
+            job.unsent.append(seq.config.eos_token_id)
         if token is not None:
+            if seq.logprobs:
+                job.logprobs.append(seq.logprobs[-1])
             job.tokens.append(token)
             job.unsent.append(token)
             with self._lock:
                 self.stats["tokens_generated"] += 1
         if job.unsent and (len(job.unsent) >= self.chunk_tokens or seq.finished or job.cancelled.is_set()):
-            job.events.put(job.unsent)
+            job.put(job.unsent)
             job.unsent, job.chunks = [], job.chunks + 1
         if job.cancelled.is_set():
             self._finish(job, "cancelled")
@@ -192,7 +220,7 @@ class Engine:
                 self._active.remove(job)
             self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
         if job.unsent:
-            job.events.put(job.unsent)
+            job.put(job.unsent)
             job.unsent = []
         job.finish_reason = reason
-        job.events.put(("done", reason, message))
+        job.put(("done", reason, message))

@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import api, request_body
+from . import api, request_body, responses
 from .engine import ServerBusy
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -200,13 +200,20 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("model") not in (None, app.model_name):
             raise api.ApiError(404, f"model '{body['model']}' is not served here (GET /v1/models lists '{app.model_name}')", "not_found_error", "model")
         try:
-            job = app.engine.submit(req.prompt_ids, req.sampling, req.seeded)
+            jobs = app.engine.submit_many(req.jobs())
         except ServerBusy as e:
             raise api.ApiError(429, str(e), "server_busy") from None
+        answer = responses.Answer(req, jobs, app.tokenizer, app.model_name, chat)
         try:
-            (self._stream if req.stream else self._complete)(job, req, chat)
+            if req.stream:
+                self._stream(answer)
+            else:
+                self._json(200, answer.complete(self._events(jobs)))
+        except responses.ServerFault as e:
+            raise api.ApiError(500, str(e), "server_error") from None
         finally:
-            job.cancel()  # a no-op when it finished; frees the slot when we left early
+            for job in jobs:
+                job.cancel()  # a no-op when it finished; frees the slot when we left early
 
     def _read_json(self):
         """The body as checked JSON (request_body says what is refused and why); refused from its
@@ -225,77 +232,43 @@ class Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             return True
 
-    def _events(self, job):
-        """The job's events as they come; raises ClientGone when the client hangs up meanwhile."""
-        while True:
-            try:
-                event = job.events.get(timeout=0.2)
-            except queue.Empty:
+    def _events(self, jobs):
+        """(choice index, event) for the request's jobs as they come, until each has ended; raises
+        ClientGone when the client hangs up meanwhile. Every event releases the shared signal
+        once, so one acquire means one event is waiting in some job's queue."""
+        signal, pending = jobs[0].signal, list(range(len(jobs)))
+        while pending:
+            if not signal.acquire(timeout=0.2):
                 if self._client_gone():
-                    job.cancel()
-                    raise ClientGone() from None
+                    for job in jobs:
+                        job.cancel()
+                    raise ClientGone()
                 continue
-            yield event
-            if isinstance(event, tuple):
-                return
-
-    def _complete(self, job, req, chat):
-        stream, text, finish = api.TextStream(self.app.tokenizer, req.stop), "", None
-        for event in self._events(job):
-            if isinstance(event, tuple):
-                if event[1] == "error":
-                    raise api.ApiError(500, event[2], "server_error")
-                finish = event[1]
+            for i in pending:
+                try:
+                    event = jobs[i].events.get_nowait()
+                except queue.Empty:
+                    continue
+                if isinstance(event, tuple):
+                    pending.remove(i)
+                yield i, event
                 break
-            text += stream.feed(event)
-            if stream.stopped:
-                finish = "stop"
-                break
-        text += stream.finish()
-        use = api.usage(len(req.prompt_ids), len(job.tokens))
-        rid = api.new_id("chatcmpl" if chat else "cmpl")
-        self._json(200, (api.chat_body if chat else api.completion_body)(rid, self.app.model_name, text, finish, use))
 
-    def _stream(self, job, req, chat):
+    def _stream(self, answer):
         self.close_connection = True  # the stream's end is the connection's end
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
-        rid, model = api.new_id("chatcmpl" if chat else "cmpl"), self.app.model_name
 
-        def send(obj):
-            self.wfile.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode("utf-8")) + b"\n\n")
+        def send(data: bytes):
+            self.wfile.write(b"data: " + data + b"\n\n")
             self.wfile.flush()
 
-        def piece(text, finish=None):
-            if chat:
-                return api.chat_chunk(rid, model, {"content": text} if text or finish is None else {}, finish)
-            return api.completion_body(rid, model, text, finish, None)
-
-        if chat:
-            send(api.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
-        stream, finish = api.TextStream(self.app.tokenizer, req.stop), None
-        for event in self._events(job):
-            if isinstance(event, tuple):
-                if event[1] == "error":
-                    send(api.ApiError(500, event[2], "server_error").body())
-                    send(b"[DONE]")
-                    return
-                finish = event[1]
-                break
-            delta = stream.feed(event)
-            if delta:
-                send(piece(delta))
-            if stream.stopped:
-                finish = "stop"
-                break
-        rest = stream.finish()
-        if rest:
-            send(piece(rest))
-        send(piece("", finish))
-        if req.include_usage:
-            send({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model,
-                  "choices": [], "usage": api.usage(len(req.prompt_ids), len(job.tokens))})
+        try:
+            for chunk in answer.chunks(self._events(answer.jobs)):
+                send(json.dumps(chunk, ensure_ascii=False).encode("utf-8"))
+        except responses.ServerFault as e:
+            send(json.dumps(api.ApiError(500, str(e), "server_error").body()).encode("utf-8"))
         send(b"[DONE]")
