@@ -90,3 +90,5 @@ serve: $(STAMP)
 
 browser:
 	@command -v chromium >/dev/null && test -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	@# a CJK font, or the page draws Chinese answers as empty boxes
+	@fc-list :lang=zh | grep -q . || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fonts-noto-cjk; }

@@ -5,6 +5,8 @@ A checkpoint directory holds config.json, the tokenizer files, and either one
 tensor-parallel rank, `model_state.tp00.pdparams` ... (config.json then says
 `tensor_parallel_degree`). Loading adapts to the running degree: a single file is split, shards
 of the same degree are read directly, shards of another degree are merged and re-split.
+PaddleNLP's 176B BLOOM comes as `auto_dist{rank}.pdparams`, one tensor-parallel shard per rank
+with the same parameter names: read (and re-split the same way) when asked for (`autodist`).
 """
 import json
 import os
@@ -41,6 +43,13 @@ def shard_name(rank: int) -> str:
     return f"model_state.tp{rank:02d}.pdparams"
 
 
+def autodist_name(rank: int) -> str:
+    return f"auto_dist{rank}.pdparams"
+
+
+_AUTODIST = re.compile(r"auto_dist(\d+)\.pdparams")
+
+
 def split_for_rank(state: Dict[str, np.ndarray], degree: int, rank: int) -> Dict[str, np.ndarray]:
     out = {}
     for name, value in state.items():
@@ -69,7 +78,8 @@ def merge_shards(shards) -> Dict[str, np.ndarray]:
 # ---------------------------------------------------------------- reading
 
 def _to_numpy(state) -> Dict[str, np.ndarray]:
-    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items()}
+    # dict entries are bookkeeping, not weights (e.g. "StructuredToParameterName@@" in auto_dist files)
+    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items() if not isinstance(v, dict)}
 
 
 def _read_weight_file(path: str) -> Dict[str, np.ndarray]:
@@ -101,23 +111,43 @@ def with_model_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {(k if k.startswith("bloom.") else "bloom." + k): v for k, v in state.items() if not k.startswith("lm_head.")}
 
 
-def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0) -> Dict[str, np.ndarray]:
-    """The parameters this rank holds at `degree`, from any layout on disk."""
+def autodist_files(directory: str) -> list:
+    """auto_dist0.pdparams ... auto_dist{n-1}.pdparams, in rank order (every rank present)."""
+    ranks = sorted(int(m.group(1)) for f in os.listdir(directory) if (m := _AUTODIST.fullmatch(f)))
+    if not ranks:
+        raise FileNotFoundError(f"{directory}: no auto_dist{{rank}}.pdparams files (--load_autodist reads PaddleNLP's per-rank 176B layout)")
+    missing = sorted(set(range(ranks[-1] + 1)) - set(ranks))
+    if missing:
+        raise FileNotFoundError(f"{directory}: {autodist_name(missing[0])} is missing (found ranks {ranks})")
+    return [os.path.join(directory, autodist_name(r)) for r in ranks]
+
+
+def _state_from_shards(paths, degree: int, rank: int) -> Dict[str, np.ndarray]:
+    """This rank's parameters from one file per tensor-parallel rank, of any degree."""
+    if len(paths) == degree:
+        return with_model_prefix(_read_weight_file(paths[rank]))
+    merged = merge_shards([with_model_prefix(_read_weight_file(p)) for p in paths])
+    return split_for_rank(merged, degree, rank)
+
+
+def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0, autodist: bool = False) -> Dict[str, np.ndarray]:
+    """The parameters this rank holds at `degree`, from any layout on disk (`autodist`: from the
+    auto_dist{rank}.pdparams files only)."""
+    if autodist:
+        return _state_from_shards(autodist_files(directory), degree, rank)
     full = read_full_weights(directory)
     if full is not None:
         return split_for_rank(with_model_prefix(full), degree, rank)
     shards = sorted(f for f in os.listdir(directory) if re.fullmatch(r"model_state\.tp\d\d\.pdparams", f))
     if not shards:
-        raise FileNotFoundError(f"{directory}: no weights ({WEIGHTS}, {SAFE_WEIGHTS} or tensor-parallel shards)")
-    if len(shards) == degree:
-        return with_model_prefix(_read_weight_file(os.path.join(directory, shard_name(rank))))
-    merged = merge_shards([with_model_prefix(_read_weight_file(os.path.join(directory, s))) for s in shards])
-    return split_for_rank(merged, degree, rank)
+        hint = " (auto_dist{rank}.pdparams files are read with --load_autodist)" if any(_AUTODIST.fullmatch(f) for f in os.listdir(directory)) else ""
+        raise FileNotFoundError(f"{directory}: no weights ({WEIGHTS}, {SAFE_WEIGHTS} or tensor-parallel shards){hint}")
+    return _state_from_shards([os.path.join(directory, s) for s in shards], degree, rank)
 
 
-def load_into(model: paddle.nn.Layer, directory: str, strict: bool = True) -> None:
+def load_into(model: paddle.nn.Layer, directory: str, strict: bool = True, autodist: bool = False) -> None:
     ctx = parallel_context()
-    state = read_state_for_rank(directory, ctx.tp_degree, ctx.tp_rank)
+    state = read_state_for_rank(directory, ctx.tp_degree, ctx.tp_rank, autodist)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if strict and missing:

@@ -77,6 +77,13 @@ def step_engine(model, slots: int) -> StepEngine:
     return engine
 
 
+def forget_step_engine(model) -> None:
+    """Drop the model's cached engine: a trained prefix changes, and the engine holds a copy of it
+    (weights of the float32 step model are the model's own, so they need no refresh)."""
+    if "_step_engine" in model.__dict__:
+        object.__delattr__(model, "_step_engine")
+
+
 @paddle.no_grad()
 def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: GenerationConfig,
                  stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None) -> List[List[int]]:

@@ -33,6 +33,22 @@ def resolve_model_dir(name_or_path: str) -> str:
     return os.path.dirname(found[0])
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def require_dtype_kernels(dtype: str) -> None:
+    """A one-line error where the device cannot compute in `dtype` (Paddle's CPU build has no
+    float16/bfloat16 matmul), before anything is loaded."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: choose from {', '.join(DTYPES)}")
+    try:
+        x = paddle.ones([2, 2], dtype=dtype)
+        paddle.matmul(x, x)
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # Paddle's NotFound kernel error is a RuntimeError
+        raise ValueError(f"--dtype {dtype}: this device ({paddle.get_device()}) has no {dtype} matmul kernel "
+                         f"({type(e).__name__}); use --dtype float32 here, or a GPU") from None
+
+
 def load_tokenizer(name_or_path: str) -> BloomTokenizer:
     return BloomTokenizer.from_pretrained(resolve_model_dir(name_or_path))
 
@@ -43,18 +59,23 @@ def load_model(
     prefix_path: Optional[str] = None,
     merge_lora: bool = True,
     dtype: str = "float32",
+    autodist: bool = False,
 ) -> Tuple[BloomForCausalLM, BloomTokenizer, BloomConfig]:
     """The model for the running tensor-parallel degree, adapters applied, in eval mode.
 
     With `merge_lora` the LoRA weights are folded into the base weights (W + A B * alpha / r), so
     the result is an ordinary BloomForCausalLM. A prefix adapter wraps the model: calls then take
     the same arguments and the prefix is prepended to the cache and the attention mask.
+    `dtype` float16/bfloat16 holds the weights in that type (where the device can compute in it);
+    `autodist` reads PaddleNLP's auto_dist{rank}.pdparams shards.
     """
+    if dtype != "float32":
+        require_dtype_kernels(dtype)
     directory = resolve_model_dir(name_or_path)
     config = BloomConfig.load(directory)
     config.validate_tensor_parallel(parallel_context().tp_degree)
     model = BloomForCausalLM(config)
-    load_into(model, directory)
+    load_into(model, directory, autodist=autodist)
     if lora_path:
         from .lora.model import load_lora
 

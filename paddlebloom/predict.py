@@ -3,6 +3,8 @@
 Prediction reads records of any training format, generates from their prompts and writes them
 back with a `prediction` field (the records' own `output` stays as it was: it is the
 reference). A bad line is reported by number and skipped; the run still ends non-zero.
+Without --data_file (and without --save_onepiece_model_path) each stdin line is one raw prompt,
+as for deploy/infer_generation.py, and the predictions go to stdout as JSON lines.
 Under `python -m paddle.distributed.launch --nproc_per_node N` the model runs at TP=N.
 """
 import argparse
@@ -18,7 +20,7 @@ from .atomic import write_file_atomic
 from .checkpoint import save_checkpoint
 from .cli import run_main
 from .data.formats import FORMATS, get_template, prompt_for_prediction
-from .data.readers import DataError, iter_records, iter_text_lines, parse_json_line
+from .data.readers import DataError, iter_records, iter_text_lines, parse_json_line, stdin_prompts
 from .generation import add_generation_flags, encode_prompts, generate_ids, generation_config
 from .loading import load_model
 from .runtime import init_parallel, parallel_context, quiet, use_all_cores, world_size
@@ -72,12 +74,17 @@ def predict(args) -> int:
     quiet()
     use_all_cores()
     init_parallel(args.tensor_parallel_degree or world_size())
-    if not args.data_file and not args.save_onepiece_model_path:
-        raise ValueError("nothing to do: give --data_file (with --output_file) and/or --save_onepiece_model_path")
+    from_stdin = not args.data_file and not args.save_onepiece_model_path
+    if from_stdin and world_size() > 1:
+        raise ValueError("prompts are read from stdin in one process only; under the launcher give --data_file (with --output_file)")
     if args.data_file and not args.output_file:
         raise ValueError("--data_file needs --output_file")
     template = get_template(args.template)
     prompts, bad = read_prompts(args.data_file, template, args.data_format) if args.data_file else ([], [])
+    if from_stdin:  # as PaddleNLP's example predicts without a data file; here the prompts are yours, one per line
+        if sys.stdin.isatty():
+            print("reading prompts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
+        prompts = stdin_prompts(sys.stdin)
     model, tokenizer, config = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
     from .loading import resolve_model_dir
 
@@ -85,7 +92,7 @@ def predict(args) -> int:
         save_onepiece(model, config, resolve_model_dir(args.model_name_or_path), args.save_onepiece_model_path)
         if parallel_context().is_main:
             print(f"wrote one-piece checkpoint {args.save_onepiece_model_path}")
-    if args.data_file:
+    if args.data_file or from_stdin:
         gen = generation_config(args, tokenizer)
         outputs, n_tokens, start = [], 0, time.time()
         show = parallel_context().is_main
@@ -94,17 +101,23 @@ def predict(args) -> int:
             tic = time.time()
             new = generate_ids(model, encode_prompts(tokenizer, [p for _, _, p in chunk], args.src_length), gen)
             n_tokens += sum(len(t) for t in new)
-            outputs += [dict(record, prediction=tokenizer.decode(t)) for (_, record, _), t in zip(chunk, new)]
+            outputs += [dict(record if record is not None else {"prompt": p}, prediction=tokenizer.decode(t)) for (_, record, p), t in zip(chunk, new)]
             if show:
-                tqdm.write(f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s")
+                tqdm.write(f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s",
+                           file=sys.stdout if args.output_file else sys.stderr)  # stdout may carry the predictions
         if show:
-            def write(tmp):
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs)
+            lines = [json.dumps(o, ensure_ascii=False) + "\n" for o in outputs]
+            if args.output_file:
+                def write(tmp):
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.writelines(lines)
 
-            write_file_atomic(args.output_file, write)
+                write_file_atomic(args.output_file, write)
+            else:
+                sys.stdout.writelines(lines)
             elapsed = time.time() - start
-            print(f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file}")
+            print(f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file or 'stdout'}",
+                  file=sys.stdout if args.output_file else sys.stderr)
     for message in bad if parallel_context().is_main else []:
         print(f"predict_generation.py: skipped {message}", file=sys.stderr)
     if bad:
@@ -117,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name_or_path", required=True, help="a checkpoint, or tensor-parallel shards")
     p.add_argument("--lora_path")
     p.add_argument("--prefix_path")
-    p.add_argument("--data_file", help="records of any training format (JSON lines or a JSON array)")
-    p.add_argument("--output_file")
+    p.add_argument("--data_file", help="records of any training format (JSON lines or a JSON array); "
+                                       "without it (and without --save_onepiece_model_path) each stdin line is one raw prompt")
+    p.add_argument("--output_file", help="JSON lines out (default with stdin prompts: stdout)")
     p.add_argument("--data_format", choices=FORMATS)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--tensor_parallel_degree", type=int, default=0, help="default: the number of launched processes")

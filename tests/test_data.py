@@ -193,6 +193,7 @@ def test_prediction_and_chat_prompts_carry_history_and_system(tok, tmp_path, nam
     (ids, _), = load_examples([write(tmp_path / "r.jsonl", [record])], tok, BELLE, 256, 256, show_progress=False)
     prompt = build_prompt(tok, BELLE, history, query, 256, system)
     assert prompt == ids[: len(prompt)].tolist() and tok.decode(ids[len(prompt):]).startswith(answer)
+    assert tok.encode(want) == prompt  # and prediction feeds the model those same ids
     if system and history:  # a full context drops the oldest turns, never the system prompt
         short = build_prompt(tok, BELLE, history, query, len(tok.encode(belle_prompt(query, system))) + 1, system)
         assert short == tok.encode(belle_prompt(query, system))

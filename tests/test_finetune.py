@@ -220,6 +220,8 @@ MALFORMED = {
     "lora and prefix": (None, ["--lora", "--prefix"], "cannot be combined"),
     "conversation out of order": ('{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}\n', [], "two human turns"),
     "LoRA target matching nothing": (None, ["--lora", "--lora_target_modules", "attention_xyz"], "matches no layer"),
+    "negative learning rate": (None, ["--learning_rate", "-1"], "--learning_rate must be >= 0, got -1.0"),
+    "data not UTF-8": (b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n', [], "bad.jsonl:2: not UTF-8 text (byte 0xe9)"),
 }
 
 
@@ -228,7 +230,7 @@ def test_malformed_input_fails_in_one_line_and_writes_nothing(tiny_dir, tmp_path
     content, extra, message = MALFORMED[case]
     data = None
     if content is not None:
-        (tmp_path / "bad.jsonl").write_text(content, encoding="utf-8")
+        (tmp_path / "bad.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
         data = str(tmp_path / "bad.jsonl")
     out = tmp_path / "out"
     args = flags(tiny_dir, out, "--max_steps", "2", data=data or shared_file("instruct", "belle_single_turn_1k.jsonl"))
@@ -264,3 +266,85 @@ def test_tp2_shards_on_request_and_resume_at_tp2(trained_tiny, tmp_path):
     straight = losses(finetune(trained_tiny, tmp_path / "tp1", "--max_steps", "4", *constant))
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert max(abs(h["loss"] - s) for h, s in zip(history, straight)) < 1e-4
+
+
+# ------------------------------------------------------------------ issue 13: PaddleNLP configs, generation metrics, data users bring
+
+def test_json_config_equals_the_same_flags_and_later_flags_win(tiny_dir, tmp_path):
+    data = shared_file("instruct", "belle_single_turn_1k.jsonl")
+    lora = ["--lora", "--r", "4", "--lora_dropout", "0"]
+    by_flags = finetune(tiny_dir, tmp_path / "flags", "--max_steps", "3", *lora)
+    config = {"model_name_or_path": tiny_dir, "train_file": [data], "output_dir": str(tmp_path / "json"), "src_length": 48, "tgt_length": 48,
+              "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 0, "disable_tqdm": True, "seed": 7, "learning_rate": 1e-3,
+              "max_steps": 5, "lora": True, "r": 4, "lora_dropout": 0, "prefix_tuning": False, "validation_file": None}
+    path = tmp_path / "lora_argument.json"
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    run_py([SCRIPT, str(path), "--max_steps", "3"])  # a flag after the file overrides it
+    assert losses(json.load(open(tmp_path / "json" / "metrics.json"))) == losses(by_flags)
+    a, b = (paddle.load(str(tmp_path / d / "lora_model_state.pdparams"), return_numpy=True) for d in ("flags", "json"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)  # the same final weights
+    # under the launcher too (TP=2 follows TP=1)
+    launch([SCRIPT, str(path), "--output_dir", str(tmp_path / "tp2"), "--max_steps", "3", "--tensor_parallel_degree", "2"], tmp_path / "log")
+    assert np.allclose(losses(json.load(open(tmp_path / "tp2" / "metrics.json"))), losses(by_flags), atol=1e-4)
+    path.write_text(json.dumps({**config, "output_dir": str(tmp_path / "never"), "evaluation_strategy": "epoch"}, indent=2), encoding="utf-8")
+    line = 1 + path.read_text(encoding="utf-8").split('"evaluation_strategy"')[0].count("\n")
+    proc = run_py([SCRIPT, str(path)], check=False)
+    assert proc.returncode == 2 and f"finetune_generation.py: error: {path}:{line}: unknown key 'evaluation_strategy'" in proc.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_min_new_tokens_holds_back_eos():
+    from paddlebloom.engine.decoder import Sequence, StepEngine
+    from paddlebloom.generation import GenerationConfig
+
+    logits = np.zeros(10, dtype=np.float32)
+    logits[2], logits[7] = 5.0, 1.0  # EOS (2) is the greedy choice
+    seq = Sequence([5], GenerationConfig(max_new_tokens=4, min_new_tokens=2, eos_token_id=2))
+    engine = object.__new__(StepEngine)  # choose() needs no model
+    assert [engine.choose(seq, logits) for _ in range(3)] == [7, 7, None] and seq.finish_reason == "stop"
+
+
+def test_do_generation_reports_paddlenlp_rouge_and_keeps_min_tgt_length(tiny_dir, tmp_path):
+    from paddlenlp.metrics import Rouge1, Rouge2, RougeL
+
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:6]), encoding="utf-8")
+    metrics = finetune(tiny_dir, tmp_path / "gen", "--max_steps", "1", "--do_eval", "--validation_file", str(dev), "--do_generation",
+                       "--tgt_length", "8", "--min_tgt_length", "5", "--per_device_eval_batch_size", "4")
+    rows = [json.loads(line) for line in open(tmp_path / "gen" / "eval_generations.jsonl", encoding="utf-8")]
+    assert len(rows) == 6 and all(5 <= r["new_tokens"] <= 8 for r in rows)
+    preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+    rouge_l = RougeL()
+    for p, r in zip(preds, refs):
+        rouge_l.add_inst(p, [r])
+    final = metrics["final_eval"]  # the reference implementation: paddlenlp.metrics on the same strings
+    assert abs(final["eval_rouge1"] - Rouge1().score(preds, refs)) < 1e-12 and abs(final["eval_rouge2"] - Rouge2().score(preds, refs)) < 1e-12
+    assert abs(final["eval_rougel"] - rouge_l.score()) < 1e-12 and "eval_loss" in final
+    from paddlebloom.evaluation.text_overlap import overlap_scores
+
+    pairs = [("今天天气很好", "今天天气不错"), ("abcab", "abcabc"), ("", "x"), ("the cat sat", "a cat sat down")]
+    ours = overlap_scores([p for p, _ in pairs], [r for _, r in pairs])
+    rouge_l = RougeL()
+    for p, r in pairs:
+        rouge_l.add_inst(p, [r])
+    assert np.allclose([ours["rouge1"], ours["rouge2"], ours["rougel"]], [Rouge1().score(*zip(*pairs)), Rouge2().score(*zip(*pairs)), rouge_l.score()])
+
+
+def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_dir, tmp_path):
+    from paddlebloom.data.dataset import load_examples
+    from paddlebloom.data.formats import TEMPLATES
+    from paddlebloom.data.readers import iter_records
+    from paddlebloom.tokenizer import BloomTokenizer
+
+    tok = BloomTokenizer.from_pretrained(tiny_dir)
+    files = [os.path.join(ROOT, "tests", "data", f"{name}.slice.json") for name in ("glaive_toolcall_en_demo", "glaive_toolcall_zh_demo", "kto_en_demo", "alpaca_en_demo")]
+    for path in files:
+        records = [r for _, r in iter_records(path)]
+        examples = load_examples([path], tok, TEMPLATES["belle"], 4096, 4096, show_progress=False)
+        assert len(examples) == len(records) >= 2
+        for (ids, labels), record in zip(examples, records):
+            turns = record.get("conversations") or record.get("messages") or []
+            answers = [m.get("value", m.get("content")) for m in turns if m.get("from", m.get("role")) in ("gpt", "assistant")] or [record["output"]]
+            assert labels[labels != -100].tolist() == [t for a in answers for t in tok.encode(a) + [tok.eos_token_id]]
+    metrics = finetune(tiny_dir, tmp_path / "demo", "--max_steps", "2", "--train_file", *files, "--src_length", "256", "--tgt_length", "256")
+    assert len(losses(metrics)) == 2 and all(np.isfinite(losses(metrics)))

@@ -238,6 +238,17 @@ def plain_server(exported_tiny):
     assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
 
 
+# In the page, with the element's own font: each Han character of the element drawn on a canvas.
+# Without a CJK font every one comes out as the same empty box (the glyph of a private-use character).
+GLYPHS_DRAWN = """
+const el = arguments[0], font = getComputedStyle(el).font;
+const draw = (ch) => { const c = document.createElement('canvas'); c.width = c.height = 64;
+  const g = c.getContext('2d'); g.font = font; g.fillText(ch, 8, 40); return c.toDataURL(); };
+const han = [...el.textContent].filter((ch) => /\\p{Script=Han}/u.test(ch)), box = draw('\\uE000');
+return {han: han.length, kinds: new Set(han).size, distinct: new Set(han.map(draw)).size, boxes: han.filter((ch) => draw(ch) === box).length};
+"""
+
+
 def test_chat_page_streams_an_answer_in_headless_chromium(plain_server, prompts):
     _chromium()
     server = plain_server
@@ -261,9 +272,13 @@ def test_chat_page_streams_an_answer_in_headless_chromium(plain_server, prompts)
         done = WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-state=done]"))
         answer = done[0]
         assert answer.text.strip() and int(answer.get_attribute("data-chunks")) >= 2, (answer.text, answer.get_attribute("data-chunks"))
-        # A second turn carries the history; the server's answer matches the page's.
-        driver.find_element(By.ID, "input").send_keys(prompts[1] + "\n")
+        # A second turn carries the history; the tiny model learned "The word for X in Chinese is Y.",
+        # so this answer is in Chinese, which must be drawn as glyphs, not empty boxes.
+        driver.find_element(By.ID, "input").send_keys("The word for dog in Chinese is\n")
         WebDriverWait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".assistant[data-state=done]")) == 2)
+        chinese = driver.find_elements(By.CSS_SELECTOR, ".assistant")[1]
+        drawn = driver.execute_script(GLYPHS_DRAWN, chinese)
+        assert drawn["han"] >= 1 and drawn["boxes"] == 0 and drawn["distinct"] == drawn["kinds"], (chinese.text, drawn)
         # Stop: the page's button is clicked the moment the first piece shows (a person is slower than the tiny model).
         driver.execute_script("""new MutationObserver((changes, observer) => {
             const last = [...document.querySelectorAll('.assistant')].pop();

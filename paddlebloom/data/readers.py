@@ -1,7 +1,7 @@
 """Read records from JSON lines, a JSON array, or plain text, with file:line in every error."""
 import json
 import os
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 
 class DataError(ValueError):
@@ -89,6 +89,11 @@ def parse_json_line(line: str, path: str, n: int) -> dict:
     if not isinstance(value, dict):
         raise DataError(f"{path}:{n}: record is {type(value).__name__}, expected a JSON object")
     return value
+
+
+def stdin_prompts(stream) -> List[Tuple[int, None, str]]:
+    """(line_number, no record, prompt) of each non-empty line: raw prompts, one per line."""
+    return [(n, None, line.rstrip("\n")) for n, line in enumerate(stream, 1) if line.strip()]
 
 
 def read_records(path: str):

@@ -13,7 +13,7 @@ import time
 from ..atomic import write_file_atomic
 from ..cli import run_main
 from ..data.formats import get_template, prompt_for_prediction
-from ..data.readers import DataError, iter_records
+from ..data.readers import DataError, iter_records, stdin_prompts
 from ..runtime import quiet
 from ..tokenizer import BloomTokenizer
 from .predictor import PRECISIONS, STRATEGIES, GenerationPredictor, Sampling
@@ -47,7 +47,7 @@ def parse_args(argv=None):
 def read_prompts(args, template):
     """[(line_no, record or None, prompt)] from --data_file or stdin."""
     if not args.data_file:
-        return [(n, None, line.rstrip("\n")) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        return stdin_prompts(sys.stdin)
     return [(n, record, prompt_for_prediction(record, template, where=f"{args.data_file}:{n}")) for n, record in iter_records(args.data_file)]
 
 

@@ -2,7 +2,8 @@
 
     python eval/run_eval.py --model_name_or_path CKPT --eval_path FILE [--cloze_eval]
         [--batch_size 8 --seq_length 1024 --overlapping_eval 32 --tensor_parallel_degree N
-         --output_file results.json --detokenizer auto|wikitext|none]
+         --output_file results.json --detokenizer auto|wikitext|none
+         --model_type bloom --dtype float32|float16|bfloat16 --load_autodist]
 
 Under `python -m paddle.distributed.launch --nproc_per_node N` with --tensor_parallel_degree N
 every rank computes; only the main rank prints and writes the results.
@@ -13,12 +14,16 @@ import sys
 import time
 
 from ..cli import run_main
+from ..loading import DTYPES
 from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run_eval.py", description=__doc__.split("\n")[0])
     p.add_argument("--model_name_or_path", required=True, help="checkpoint directory (or a hub name where a hub is reachable)")
+    p.add_argument("--model_type", default="bloom", choices=("bloom",), help="PaddleNLP's example flag; BLOOM is the one model here")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and arithmetic in this type (float16/bfloat16 where the device has the kernels)")
+    p.add_argument("--load_autodist", action="store_true", help="read the weights from auto_dist{rank}.pdparams (PaddleNLP's 176B BLOOM layout)")
     p.add_argument("--eval_path", required=True, help="text file (perplexity) or LAMBADA JSON lines {\"text\"} with --cloze_eval")
     p.add_argument("--cloze_eval", action="store_true", help="LAMBADA: accuracy of greedily predicting the last word")
     p.add_argument("--batch_size", type=int, default=8, help="windows (or cloze examples) per forward pass")
@@ -45,9 +50,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     init_parallel(args.tensor_parallel_degree)
     ctx = parallel_context()
-    model, tokenizer, config = load_model(args.model_name_or_path)
+    model, tokenizer, config = load_model(args.model_name_or_path, dtype=args.dtype, autodist=args.load_autodist)
     started = time.time()
-    settings = {"model": args.model_name_or_path, "eval_path": args.eval_path, "batch_size": args.batch_size,
+    settings = {"model": args.model_name_or_path, "eval_path": args.eval_path, "batch_size": args.batch_size, "dtype": args.dtype,
                 "seq_length": args.seq_length, "tensor_parallel_degree": ctx.tp_degree, "data_parallel_degree": ctx.dp_degree}
     if args.cloze_eval:
         examples = lm.read_cloze(args.eval_path, tokenizer, args.seq_length)

@@ -3,8 +3,13 @@
 Booleans accept both spellings users have in their scripts: `--lora` and `--lora True`.
 """
 import argparse
+import os
+import sys
 
 from ..data.formats import FORMATS, TEMPLATES
+from .json_config import argv_from_json
+
+DEFAULT_DATA_DIR, TRAIN_JSON, DEV_JSON = "./data", "train.json", "dev.json"
 
 
 def str2bool(text) -> bool:
@@ -17,8 +22,8 @@ def str2bool(text) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _flag(p, name, help_text, default=False):
-    p.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help_text)
+def _flag(p, name, help_text, default=False, aliases=()):
+    p.add_argument(name, *aliases, type=str2bool, nargs="?", const=True, default=default, help=help_text)
 
 
 def build_parser(description: str = "Fine-tune BLOOM: full, tensor-parallel, LoRA or prefix.", data_formats=FORMATS) -> argparse.ArgumentParser:
@@ -28,6 +33,9 @@ def build_parser(description: str = "Fine-tune BLOOM: full, tensor-parallel, LoR
     g.add_argument("--model_name_or_path", required=True)
     g.add_argument("--train_file", "--data_path", dest="train_file", nargs="+", help="training data (JSON, JSON lines, .txt, or a pretokenized store)")
     g.add_argument("--validation_file", "--dev_path", dest="validation_file", nargs="+")
+    g.add_argument("--task_name_or_path", "--dataset_name_or_path", dest="task_name_or_path", default=None,
+                   help=f"PaddleNLP's data directory: {TRAIN_JSON} and {DEV_JSON} there stand in for missing --train_file/--validation_file "
+                        f"(default {DEFAULT_DATA_DIR} when neither file flag is given)")
     g.add_argument("--data_format", choices=data_formats, help="force a format instead of detecting it per record")
     g.add_argument("--template", default="belle", choices=sorted(TEMPLATES))
     g.add_argument("--src_length", "--max_input_length", dest="src_length", type=int, default=512)
@@ -80,23 +88,73 @@ def build_parser(description: str = "Fine-tune BLOOM: full, tensor-parallel, LoR
     g.add_argument("--lora_path", default=None, help="continue training this LoRA adapter")
 
     g = p.add_argument_group("prefix tuning")
-    _flag(g, "--prefix", "train a prefix (past key/values) instead of the weights")
+    _flag(g, "--prefix", "train a prefix (past key/values) instead of the weights", aliases=("--prefix_tuning",))
     g.add_argument("--num_prefix_tokens", type=int, default=64)
     _flag(g, "--prefix_projection", "produce the prefix through a tanh MLP")
     g.add_argument("--prefix_projection_hidden_size", type=int, default=64)
     g.add_argument("--prefix_path", default=None, help="continue training this prefix adapter")
+
+    g = p.add_argument_group("generation during evaluation")
+    _flag(g, "--do_generation", "evaluation also answers the validation prompts greedily and reports ROUGE-1/2/L (OUTPUT_DIR/eval_generations.jsonl)",
+          aliases=("--eval_with_do_generation",))
+    g.add_argument("--min_tgt_length", type=int, default=0, help="with --do_generation: new tokens before EOS may end an answer (at most --tgt_length)")
     return p
 
 
+def fill_data_files(args) -> None:
+    """PaddleNLP's example reads DIR/train.json and DIR/dev.json (DIR defaults to ./data): used for
+    whichever of --train_file / --validation_file is missing and needed."""
+    if args.task_name_or_path is None and (args.train_file or args.validation_file):
+        return
+    directory = args.task_name_or_path or DEFAULT_DATA_DIR
+    wanted = (("train_file", TRAIN_JSON, args.do_train), ("validation_file", DEV_JSON, args.do_eval or args.do_generation))
+    for dest, name, needed in wanted:
+        path = os.path.join(directory, name)
+        if needed and not getattr(args, dest) and os.path.isfile(path):
+            setattr(args, dest, [path])
+
+
+# (flag, lowest allowed, lowest excluded?, highest allowed or None, highest excluded?): a value out
+# of range is named by its flag here, not by whichever Paddle call would trip over it later.
+RANGES = (
+    ("learning_rate", 0, False, None, False), ("weight_decay", 0, False, None, False), ("adam_beta1", 0, False, 1, True),
+    ("adam_beta2", 0, False, 1, True), ("adam_epsilon", 0, True, None, False), ("max_grad_norm", 0, False, None, False),
+    ("num_train_epochs", 0, True, None, False), ("warmup_steps", 0, False, None, False), ("logging_steps", 0, False, None, False),
+    ("eval_steps", 0, False, None, False), ("save_steps", 0, False, None, False), ("save_total_limit", 0, False, None, False),
+    ("scale_loss", 0, True, None, False), ("lora_alpha", 0, True, None, False), ("lora_dropout", 0, False, 1, True),
+    ("prefix_projection_hidden_size", 1, False, None, False), ("tensor_parallel_degree", 1, False, None, False),
+    ("min_tgt_length", 0, False, None, False),
+)
+
+
+def check_ranges(args) -> list:
+    problems = []
+    for name, lo, lo_open, hi, hi_open in RANGES:
+        value = getattr(args, name)
+        if value < lo or (lo_open and value == lo) or (hi is not None and (value > hi or (hi_open and value == hi))):
+            bounds = f"{'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}")
+            problems.append(f"--{name} must be {bounds}, got {value}")
+    if args.min_tgt_length > args.tgt_length:
+        problems.append(f"--min_tgt_length {args.min_tgt_length} is more than --tgt_length {args.tgt_length} (the most new tokens)")
+    return problems
+
+
 def parse_args(argv=None, parser=None) -> argparse.Namespace:
-    args = (parser or build_parser()).parse_args(argv)
+    """Flags, or PaddleNLP llm-style `CONFIG.json [flags that override it]`."""
+    parser = parser or build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+        argv = argv_from_json(argv[0], parser) + argv[1:]  # argparse keeps the last value of a flag: later flags win
+    args = parser.parse_args(argv)
     if not args.do_train and not args.do_eval:
         args.do_train = True
-    problems = []
+    fill_data_files(args)
+    problems = check_ranges(args)
     if args.do_train and not args.train_file:
-        problems.append("--do_train needs --train_file")
-    if args.do_eval and not args.validation_file:
-        problems.append("--do_eval needs --validation_file")
+        problems.append(f"--do_train needs --train_file (or {TRAIN_JSON} in --task_name_or_path, default {DEFAULT_DATA_DIR})")
+    for flag in ("do_eval", "do_generation"):
+        if getattr(args, flag) and not args.validation_file:
+            problems.append(f"--{flag} needs --validation_file (or {DEV_JSON} in --task_name_or_path, default {DEFAULT_DATA_DIR})")
     if args.lora and args.prefix:
         problems.append("--lora and --prefix cannot be combined")
     for name in ("src_length", "tgt_length", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "r", "num_prefix_tokens"):

@@ -170,6 +170,10 @@ def _save_final(trained: TrainedPart, output_dir: str) -> None:
 
 
 def run(args, objective=None) -> dict:
+    if objective is None and getattr(args, "do_generation", False):
+        from .generation_eval import GenerationEval  # imports this module
+
+        objective = GenerationEval(args)
     objective = objective or TokenObjective()
     quiet()
     use_all_cores()
