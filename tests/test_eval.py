@@ -224,38 +224,6 @@ def test_data_parallel_ranks_split_the_work_and_agree(tiny_dir, cloze_file, cloz
     assert dp["num_correct"] == cloze_tp1["num_correct"] and rel(dp["ppl"], cloze_tp1["ppl"]) < 1e-6
 
 
-def write_autodist(tiny_dir, directory, degree):
-    """PaddleNLP's 176B layout made with our own split: auto_dist{rank}.pdparams, one tensor-parallel shard each."""
-    import shutil
-
-    from paddlebloom.checkpoint import autodist_name, save_weights, split_for_rank
-
-    os.makedirs(directory)
-    for name in os.listdir(tiny_dir):
-        if not name.endswith(".pdparams"):
-            shutil.copy(os.path.join(tiny_dir, name), directory)
-    full = read_state_for_rank(tiny_dir)
-    for rank in range(degree):
-        save_weights(split_for_rank(full, degree, rank), os.path.join(directory, autodist_name(rank)))
-    return str(directory)
-
-
-def test_paddlenlp_eval_flags_model_type_dtype_and_autodist(tiny_dir, cloze_file, cloze_tp1, tmp_path):
-    auto = write_autodist(tiny_dir, tmp_path / "auto", 2)
-    merged = evaluate_here(["--model_type", "bloom", "--model_name_or_path", auto, "--eval_path", cloze_file, *CLOZE_ARGS, "--load_autodist"])
-    assert merged["num_correct"] == cloze_tp1["num_correct"] and rel(merged["ppl"], cloze_tp1["ppl"]) < 1e-6  # two shards merged for one process
-    args = ["--model_name_or_path", auto, "--eval_path", cloze_file, "--cloze_eval"]
-    for extra, message in ((["--load_autodist", "--dtype", "bfloat16"], "--dtype bfloat16: this device (cpu) has no bfloat16 matmul kernel"),
-                           ([], "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams files are read with --load_autodist)"),
-                           (["--load_autodist", "--model_type", "gpt"], "argument --model_type: invalid choice: 'gpt'")):
-        proc = run_py([RUN_EVAL, *args, *extra, "--output_file", str(tmp_path / "never.json")], check=False)
-        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-500:]
-    os.remove(os.path.join(auto, "auto_dist0.pdparams"))
-    proc = run_py([RUN_EVAL, *args, "--load_autodist"], check=False)
-    assert proc.returncode == 2 and "auto_dist0.pdparams is missing (found ranks [1])" in proc.stderr
-    assert not (tmp_path / "never.json").exists()
-
-
 # ------------------------------------------------------------------ instruction eval and judge
 
 class FakeJudge:

@@ -11,7 +11,7 @@ no hub here). Only these are substituted:
                 so checkpoint-20 is checkpoint-2;
   GPU flags     --gpus LIST -> --nproc_per_node 2 and --tensor_parallel_degree N -> 2 (2 CPU processes);
                 --fp16 dropped and --dtype bfloat16 -> float32 (no CPU kernels: the one-line errors
-                they give instead are checked in test_finetune and test_eval).
+                they give instead are checked in test_finetune and below).
 Commands that read what an earlier one wrote run in that one's directory, as a user would; the
 independent chains run two at a time.
 """
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,20 @@ def run(argv, cwd, expect_ok=True, stdin=""):
     return proc
 
 
+def write_autodist(tiny_dir, directory, degree):
+    """PaddleNLP's 176B layout made with our own split: auto_dist{rank}.pdparams, one tensor-parallel shard each."""
+    from paddlebloom.checkpoint import autodist_name, read_state_for_rank, save_weights, split_for_rank
+
+    os.makedirs(directory)
+    for name in os.listdir(tiny_dir):
+        if not name.endswith(".pdparams"):
+            shutil.copy(os.path.join(tiny_dir, name), directory)
+    full = read_state_for_rank(tiny_dir)
+    for rank in range(degree):
+        save_weights(split_for_rank(full, degree, rank), os.path.join(directory, autodist_name(rank)))
+    return str(directory)
+
+
 def last_json(text):
     """The last pretty-printed JSON object of a run's output (run_eval.py prints its results)."""
     return json.loads(re.findall(r"^\{$.*?^\}$", text, re.S | re.M)[-1])
@@ -193,8 +208,6 @@ def test_every_command_of_the_paddlenlp_bloom_example_runs(tiny_dir, tmp_path):
 
     def chain_eval():
         d = dirs["eval"]
-        from test_eval import write_autodist
-
         write_autodist(tiny_dir, d / "auto_dist", 2)
         wiki = last_json(run(fix(wiki_tp1), d).stdout)
         run(fix(wiki_tp2), d)  # the launcher runs `python run_eval.py` (the seed's stray `python` is the program it starts)
@@ -229,3 +242,26 @@ def test_every_seed_flag_is_parsed(tmp_path):
             parsers[name](argv[argv.index(name) + 1 :])
             parsed += 1
     assert parsed == 4 + 4 + 4 + 1
+
+
+def test_run_eval_paddlenlp_flags_model_type_dtype_and_autodist(tiny_dir, tmp_path):
+    from paddlebloom.evaluation import run_lm
+
+    cloze = tmp_path / "lambada.jsonl"
+    cloze.write_text("".join(open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8").readlines()[:24]), encoding="utf-8")
+    auto = write_autodist(tiny_dir, tmp_path / "auto", 2)
+    flags = ["--eval_path", str(cloze), "--cloze_eval", "--batch_size", "8"]
+    plain = run_lm.evaluate(run_lm.parse_args(["--model_name_or_path", tiny_dir, *flags]))
+    merged = run_lm.evaluate(run_lm.parse_args(["--model_type", "bloom", "--model_name_or_path", auto, *flags, "--load_autodist"]))
+    assert merged["num_correct"] == plain["num_correct"] and abs(merged["ppl"] - plain["ppl"]) < 1e-6 * plain["ppl"]  # two shards merged for one process
+    run_eval = os.path.join(ROOT, "eval", "run_eval.py")
+    for extra, message in ((["--load_autodist", "--dtype", "bfloat16"], "--dtype bfloat16: this device (cpu) has no bfloat16 matmul kernel"),
+                           ([], "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams files are read with --load_autodist)"),
+                           (["--load_autodist", "--model_type", "gpt"], "argument --model_type: invalid choice: 'gpt'")):
+        proc = subprocess.run([sys.executable, run_eval, "--model_name_or_path", auto, *flags, *extra, "--output_file", str(tmp_path / "never.json")],
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-500:]
+    os.remove(os.path.join(auto, "auto_dist0.pdparams"))
+    with pytest.raises(FileNotFoundError, match=r"auto_dist0.pdparams is missing \(found ranks \[1\]\)"):
+        run_lm.evaluate(run_lm.parse_args(["--model_name_or_path", auto, *flags, "--load_autodist"]))
+    assert not (tmp_path / "never.json").exists()
