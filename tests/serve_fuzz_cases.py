@@ -34,7 +34,6 @@ FIELDS = ["prompt", "messages", "max_tokens", "max_completion_tokens", "temperat
 NUMERIC = ["temperature", "top_p", "top_k", "repetition_penalty", "seed", "max_tokens", "n", "presence_penalty", "frequency_penalty",
            "logprobs", "top_logprobs", "best_of"]
 EXTREMES = ["5e-324", "1e-300", "1e-7", "0", "1", "2", "100", "1e308", "-0.0", str(2 ** 62), str(2 ** 63), "-1e-300"]
-MARK = "\u0001MARK\u0001"
 
 
 @dataclass
@@ -119,14 +118,19 @@ def post(body: bytes, path="/v1/completions", **kw) -> Callable[[str], Answer]:
     return lambda base: exchange(base, [request_bytes(body, path)], **kw)
 
 
-def with_value(base_body: dict, path: list, text: str) -> bytes:
-    """base_body with the JSON text `text` put at `path` (a list of keys/indices)."""
+def with_value(base_body: dict, path: list, text: str, *more) -> bytes:
+    """base_body with the JSON text `text` put at `path` (a list of keys/indices); `more`: further (path, text) pairs."""
     body = json.loads(json.dumps(base_body))
-    holder = body
-    for key in path[:-1]:
-        holder = holder[key]
-    holder[path[-1]] = MARK
-    return json.dumps(body, ensure_ascii=False).replace(json.dumps(MARK), text).encode("utf-8")
+    places = [(path, text), *more]
+    for i, (where, _) in enumerate(places):
+        holder = body
+        for key in where[:-1]:
+            holder = holder[key]
+        holder[where[-1]] = f"\u0001MARK{i}\u0001"
+    encoded = json.dumps(body, ensure_ascii=False)
+    for i, (_, value) in enumerate(places):
+        encoded = encoded.replace(json.dumps(f"\u0001MARK{i}\u0001"), value)
+    return encoded.encode("utf-8")
 
 
 # ---- the generator
@@ -149,9 +153,8 @@ def generate(rng: random.Random) -> List[Case]:
     for _ in range(60):  # two fields at once: a refusal names one of them
         path, base = rng.choice(bases)
         fields, texts = rng.sample(FIELDS, 2), [rng.choice(ODD + ALWAYS_BAD) for _ in range(2)]
-        body = json.loads(with_value(base, [fields[0]], json.dumps(MARK)))
         add(f"{path} {fields[0]}={texts[0][:20]} {fields[1]}={texts[1][:20]}",
-            post(with_value(body, [fields[1]], texts[1]).replace(json.dumps(MARK).encode(), texts[0].encode()), path),
+            post(with_value(base, [fields[0]], texts[0], ([fields[1]], texts[1])), path),
             "refused" if set(texts) & set(ALWAYS_BAD) else "any", tuple(fields))
     for text in ALWAYS_BAD:  # in fields the server otherwise ignores
         add(f"user={text[:30]}", post(with_value(completion, ["user"], text)), "refused", "user")

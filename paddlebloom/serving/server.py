@@ -110,6 +110,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _error(self, e: api.ApiError):
+        # One line whatever the client sent: messages quote its field names and values, which may hold newlines.
+        e.message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in e.message)
         self._json(e.status, e.body(), [("Retry-After", "1")] if e.status == 429 else [])
 
     def _guard(self, route):
