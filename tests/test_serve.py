@@ -220,6 +220,36 @@ def test_full_server_answers_429_and_recovers(exported_tiny):
         srv.app.engine.close()
 
 
+def test_one_failing_request_does_not_fail_its_batch(exported_tiny):
+    """A row whose token choice raises (its own settings' fault) ends with an error; the request
+    sharing its program calls still gets the answer it gets alone."""
+    from paddlebloom.serving.cli import build, parse_args
+
+    srv = build(parse_args(["--model_dir", exported_tiny, "--port", "0", "--max_batch_size", "4", "--cpu_threads", "1"]))
+    engine = srv.app.engine
+    try:
+        def drain(job):
+            while not isinstance(event := job.events.get(timeout=60), tuple):
+                pass
+            return event[1], list(job.tokens)
+
+        alone = drain(engine.submit([5, 6, 7], Sampling(max_new_tokens=8)))
+        choose = engine.steps.choose
+
+        def failing(seq, row):
+            if seq.prompt[0] == 99:
+                raise FloatingPointError("this row's settings broke its sampler")
+            return choose(seq, row)
+
+        engine.steps.choose = failing  # first_token (prefill) goes through it too
+        bad, good = engine.submit_many([([99, 5], Sampling(max_new_tokens=8), False), ([5, 6, 7], Sampling(max_new_tokens=8), False)])
+        assert drain(bad)[0] == "error" and drain(good) == alone
+        assert engine.snapshot()["max_batch_size_seen"] == 2  # they did share program calls
+    finally:
+        srv.server_close()
+        engine.close()
+
+
 def _chromium():
     found = shutil.which("chromium") and os.path.exists("/usr/bin/chromedriver")
     if not found:

@@ -128,14 +128,13 @@ class StepEngine:
     def prefill(self, seqs: List[Sequence]) -> List[Optional[int]]:
         """Prefill and choose each sequence's first token (None where it is EOS, or where only the
         prompt was to be scored: max_new_tokens 0)."""
-        out = []
-        for seq, row in zip(seqs, self.prefill_logits(seqs)):
-            if seq.config.max_new_tokens == 0:
-                seq.finish_reason = "length"
-                out.append(None)
-            else:
-                out.append(self.choose(seq, row))
-        return out
+        return [self.first_token(s, row) for s, row in zip(seqs, self.prefill_logits(seqs))]
+
+    def first_token(self, seq: Sequence, logits: np.ndarray) -> Optional[int]:
+        if seq.config.max_new_tokens == 0:
+            seq.finish_reason = "length"
+            return None
+        return self.choose(seq, logits)
 
     def decode_logits(self, seqs: List[Sequence]) -> np.ndarray:
         """Feed each sequence its last chosen token; the logits after it [rows, vocab]."""

@@ -160,18 +160,24 @@ class Engine:
                 self._finish(job, "cancelled")
             running = [j for j in self._active if j.sequence is not None]
             joining = self._admit()
-            for batch, call in ((joining, self.steps.prefill), (running, self.steps.decode)):
+            steps = self.steps
+            for batch, logits_of, pick in ((joining, steps.prefill_logits, steps.first_token), (running, steps.decode_logits, steps.choose)):
                 if not batch:
                     continue
                 try:
                     began = time.perf_counter()
-                    tokens = call([j.sequence for j in batch])
+                    rows = logits_of([j.sequence for j in batch])
                     self._account(len(batch), time.perf_counter() - began)
                 except Exception as e:  # noqa: BLE001 - a failed call must fail its requests, not the server
                     for job in batch:
-                        self._finish(job, "error", f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                        self._finish(job, "error", _failure(e))
                     continue
-                for job, token in zip(batch, tokens):
+                for job, row in zip(batch, rows):
+                    try:
+                        token = pick(job.sequence, row)
+                    except Exception as e:  # noqa: BLE001 - one request's settings failing must not fail its batch
+                        self._finish(job, "error", _failure(e))
+                        continue
                     self._deliver(job, token)
         with self._lock:
             leftovers = self._active + self._waiting
@@ -224,3 +230,7 @@ class Engine:
             job.unsent = []
         job.finish_reason = reason
         job.put(("done", reason, message))
+
+
+def _failure(e: Exception) -> str:
+    return f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
