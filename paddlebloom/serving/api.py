@@ -131,7 +131,8 @@ def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: 
     d = limits.defaults
     least = 0 if echo else 1  # echo with max_tokens 0 scores the prompt only (how lm-evaluation-harness asks)
     max_tokens = _typed(body, "max_tokens", int, least, limits.max_new_tokens)
-    max_tokens = max_tokens if max_tokens is not None else _typed(body, "max_completion_tokens", int, least, limits.max_new_tokens)
+    newer = _typed(body, "max_completion_tokens", int, least, limits.max_new_tokens)  # OpenAI's newer name: checked even when both come
+    max_tokens = max_tokens if max_tokens is not None else newer
     temperature = _typed(body, "temperature", (int, float), 0, 100)
     top_p = _typed(body, "top_p", (int, float), 0, 1, lo_open=True)
     top_k = _typed(body, "top_k", int, 0, 100000)
