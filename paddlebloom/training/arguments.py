@@ -76,6 +76,9 @@ def build_parser(description: str = "Fine-tune BLOOM: full, tensor-parallel, LoR
     g.add_argument("--scale_loss", type=float, default=2.0 ** 15, help="initial loss scale for float16")
     _flag(g, "--recompute", "recompute each block in backward: less memory, more compute")
     g.add_argument("--tensor_parallel_degree", type=int, default=1)
+    g.add_argument("--sharding", default="", help='ZeRO sharding on fleet: "stage1" shards the optimizer state over data-parallel ranks '
+                   '(runs on CPU); "stage2"/"stage3" [offload] need a GPU')
+    g.add_argument("--sharding_parallel_degree", type=int, default=-1, help="ranks sharing one copy of the optimizer state (-1: all ranks of a tensor-parallel slot)")
     _flag(g, "--save_shards", "under tensor parallelism save one shard per rank instead of a merged checkpoint")
 
     g = p.add_argument_group("LoRA")
@@ -139,6 +142,23 @@ def check_ranges(args) -> list:
     return problems
 
 
+SHARDING_STAGES = ("stage1", "stage2", "stage3")
+
+
+def parse_sharding(text: str):
+    """PaddleNLP's --sharding value ("", "stage1", "stage2 offload", ...) -> (stage or None, offload)."""
+    words = (text or "").split()
+    unknown = [w for w in words if w not in SHARDING_STAGES + ("offload",)]
+    stages = [w for w in words if w in SHARDING_STAGES]
+    if unknown:
+        raise ValueError(f"--sharding: unknown option {unknown[0]!r} (one of stage1, stage2, stage3, optionally with offload)")
+    if len(stages) > 1:
+        raise ValueError(f"--sharding takes one stage, got {' and '.join(stages)}")
+    if "offload" in words and not stages:
+        raise ValueError('--sharding offload needs a stage: "stage2 offload" or "stage3 offload"')
+    return (stages[0] if stages else None), "offload" in words
+
+
 def parse_args(argv=None, parser=None) -> argparse.Namespace:
     """Flags, or PaddleNLP llm-style `CONFIG.json [flags that override it]`."""
     parser = parser or build_parser()
@@ -166,6 +186,12 @@ def parse_args(argv=None, parser=None) -> argparse.Namespace:
         problems.append("--warmup_ratio must be in [0, 1]")
     if args.fp16 and args.bf16:
         problems.append("--fp16 and --bf16 cannot be combined")
+    try:
+        stage, _ = parse_sharding(args.sharding)
+        if stage is None and args.sharding_parallel_degree > 1:
+            problems.append(f"--sharding_parallel_degree {args.sharding_parallel_degree} needs --sharding stage1 (nothing would be sharded)")
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
     return args

@@ -2,7 +2,8 @@
 
 checkpoint-N/ holds what the run trains (full weights in PaddleNLP's layout, or the LoRA /
 prefix adapter), the optimizer state of every tensor-parallel rank (optimizer.pdopt or
-optimizer.tpXX.pdopt) and trainer_state.json. Data order, learning rate and dropout seeds are
+optimizer.tpXX.pdopt; under sharding merged over the sharding group, so it loads at any
+sharding degree) and trainer_state.json. Data order, learning rate and dropout seeds are
 functions of the step number, so these files are all a resumed run needs to continue exactly.
 """
 import json
@@ -15,8 +16,9 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ..checkpoint import load_into, save_checkpoint
+from ..checkpoint import load_into, merge_shards, save_checkpoint, split_for_rank
 from ..runtime import parallel_context
+from .sharding import merged_optimizer_state
 
 STATE_FILE = "trainer_state.json"
 _CKPT = re.compile(r"checkpoint-(\d+)$")
@@ -58,16 +60,17 @@ def save_training_checkpoint(trained, optimizer, output_dir: str, step: int, sta
     """Collective under tensor parallelism; returns the checkpoint directory."""
     ctx = parallel_context()
     directory = os.path.join(output_dir, f"checkpoint-{step}")
-    opt_states = [_numpy_state(optimizer)]
+    whole = _by_parameter_path(merged_optimizer_state(_numpy_state(optimizer)), trained.model)  # collective over the sharding group
+    opt_states = [whole]
     if ctx.tp_degree > 1:
         opt_states = []
-        dist.all_gather_object(opt_states, _numpy_state(optimizer), group=ctx.tp_group)
+        dist.all_gather_object(opt_states, whole, group=ctx.tp_group)
 
     def extra(tmp: str) -> None:
         for rank, opt in enumerate(opt_states[: ctx.tp_degree]):
             paddle.save(opt, os.path.join(tmp, optimizer_file(rank, ctx.tp_degree)))
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({**state, "global_step": step, "tensor_parallel_degree": ctx.tp_degree}, f, indent=2)
+            json.dump({**state, "global_step": step, "tensor_parallel_degree": ctx.tp_degree, "sharding_parallel_degree": ctx.sharding_degree}, f, indent=2)
 
     trained.save(directory, extra)
     if ctx.is_main and save_total_limit > 0:
@@ -81,13 +84,66 @@ def restore_training_checkpoint(trained, optimizer, directory: str) -> dict:
     ctx = parallel_context()
     with open(os.path.join(directory, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
-    if state.get("tensor_parallel_degree", 1) != ctx.tp_degree:
-        raise ValueError(f"{directory}: written at tensor_parallel_degree {state.get('tensor_parallel_degree')}, "
-                         f"resuming at {ctx.tp_degree} would lose the optimizer state; resume at the same degree")
+    saved_tp = state.get("tensor_parallel_degree", 1)
+    files = [os.path.join(directory, optimizer_file(rank, saved_tp)) for rank in range(saved_tp)]
+    if saved_tp == ctx.tp_degree:
+        opt = paddle.load(files[ctx.tp_rank], return_numpy=True)
+    else:
+        opt = _resplit_over_tensor_parallel([paddle.load(f, return_numpy=True) for f in files], directory)
     trained.load(directory)
-    opt = paddle.load(os.path.join(directory, optimizer_file(ctx.tp_rank, ctx.tp_degree)), return_numpy=True)
+    opt = _by_tensor_name(opt, trained.model)
+    _check_covers_parameters(opt, optimizer, files[0])
+    # a sharded optimizer (fleet's set_state_dict) keeps the entries of the parameters it owns
     optimizer.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in opt.items()})
     return state
+
+
+# Paddle keys optimizer state by generated tensor names (linear_7.w_0_moment1_0) that count the
+# layers a process built before: a process that built another model first (a test, a reference
+# model) would not find its state. Files key it by parameter path instead
+# (bloom.h.0.mlp.dense_4h_to_h.weight/moment1_0); files written before that load as they are.
+
+def _by_parameter_path(opt: dict, model) -> dict:
+    paths = {p.name: path for path, p in model.named_parameters()}
+    by_length = sorted(paths, key=len, reverse=True)
+    out = {}
+    for key, value in opt.items():
+        tensor = next((n for n in by_length if key.startswith(n + "_")), None)
+        out[key if tensor is None else f"{paths[tensor]}/{key[len(tensor) + 1:]}"] = value
+    return out
+
+
+def _by_tensor_name(opt: dict, model) -> dict:
+    names = {path: p.name for path, p in model.named_parameters()}
+    out = {}
+    for key, value in opt.items():
+        path, _, accumulator = key.rpartition("/")
+        out[f"{names[path]}_{accumulator}" if path in names else key] = value
+    return out
+
+
+def _resplit_over_tensor_parallel(parts, directory: str) -> dict:
+    """This rank's optimizer state at the running TP degree from the files of another degree:
+    moments are merged and split like their parameters, beta powers are the same on every rank."""
+    ctx = parallel_context()
+    if not all("/" in k for k in parts[0] if isinstance(parts[0][k], np.ndarray)):
+        raise ValueError(f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; resume at that degree")
+    out = {k: v for k, v in parts[0].items() if not isinstance(v, np.ndarray) or "pow_acc" in k}
+    for accumulator in sorted({k.rpartition("/")[2] for k in parts[0] if k not in out}):
+        shards = [{k.rpartition("/")[0]: v for k, v in part.items() if k.endswith("/" + accumulator)} for part in parts]
+        mine = split_for_rank(merge_shards(shards), ctx.tp_degree, ctx.tp_rank)
+        out.update({f"{path}/{accumulator}": v for path, v in mine.items()})
+    return out
+
+
+def _check_covers_parameters(opt: dict, optimizer, path: str) -> None:
+    """Paddle's set_state_dict silently ignores entries that match no parameter (a fresh Adam
+    state would resume without a word): refuse a file that lacks a trained parameter's state."""
+    if not any(isinstance(v, np.ndarray) for v in opt.values()):
+        return  # written before the first optimizer step
+    for p in optimizer._parameter_list:
+        if not any(k.startswith(p.name + "_") for k in opt):
+            raise ValueError(f"{path}: no optimizer state for parameter {p.name} {list(p.shape)}: the checkpoint was written for other trained parameters")
 
 
 class TrainedPart:

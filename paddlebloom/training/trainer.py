@@ -22,6 +22,7 @@ from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
 from ..tokenizer import BloomTokenizer
 from .optim import autocast, build_optimizer, check_precision, clip_gradients, grad_scaler, sum_gradients_over_data_parallel
 from .report import plot_loss_curve, write_metrics
+from .sharding import optimizer_state_bytes_per_rank, resolve_sharding_degree
 from .state import TrainedPart, newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
 
 
@@ -120,11 +121,14 @@ class TokenObjective:
 
 
 def _sum_over_data_parallel(value: float) -> float:
+    """Summed over every rank reading its own data: data-parallel and sharding ranks."""
     ctx = parallel_context()
-    if ctx.dp_degree == 1:
+    if ctx.data_degree == 1:
         return value
     t = paddle.to_tensor([value], dtype="float64")
-    dist.all_reduce(t, group=ctx.dp_group)
+    for group, degree in ((ctx.dp_group, ctx.dp_degree), (ctx.sharding_group, ctx.sharding_degree)):
+        if degree > 1:
+            dist.all_reduce(t, group=group)
     return float(t)
 
 
@@ -145,10 +149,10 @@ def train_step(model, optimizer, named, batches, args, scaler=None, objective=No
         loss = mean_loss * (units / max(step_units, 1.0))
         (scaler.scale(loss) if scaler else loss).backward()
         loss_sum += float(mean_loss) * units
-    sum_gradients_over_data_parallel(named)
+    sum_gradients_over_data_parallel(named, optimizer)
     if scaler:
         scaler.unscale_(optimizer)
-    norm = clip_gradients(named, args.max_grad_norm)
+    norm = clip_gradients(named, args.max_grad_norm, optimizer)
     lr = optimizer.get_lr()
     if scaler:
         scaler.step(optimizer)
@@ -177,7 +181,7 @@ def run(args, objective=None) -> dict:
     objective = objective or TokenObjective()
     quiet()
     use_all_cores()
-    ctx = init_parallel(args.tensor_parallel_degree)
+    ctx = init_parallel(args.tensor_parallel_degree, resolve_sharding_degree(args))
     check_precision(args)
     model_dir = resolve_model_dir(args.model_name_or_path)
     config = BloomConfig.load(model_dir)
@@ -193,7 +197,8 @@ def run(args, objective=None) -> dict:
     model, kind = build_model(args, config, model_dir)
     objective.attach(model, args, config, model_dir)
     trained = TrainedPart(kind, model, config, model_dir, merge=not args.save_shards)
-    metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": []}
+    metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": [],
+               "data_parallel_degree": ctx.dp_degree, "sharding_parallel_degree": ctx.sharding_degree}
     if args.do_train:
         metrics.update(train(args, model, trained, train_set, eval_set, tokenizer.pad_token_id, objective))
     if args.do_eval:
@@ -211,7 +216,7 @@ def run(args, objective=None) -> dict:
 def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: int, objective=None) -> dict:
     objective = objective or TokenObjective()
     ctx = parallel_context()
-    plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.dp_degree, ctx.dp_rank, args.seed)
+    plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.data_degree, ctx.data_rank, args.seed)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
     optimizer, schedule, named = build_optimizer(model, args, total_steps)
     scaler = grad_scaler(args)
@@ -254,4 +259,6 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
         save_checkpoint(merge_lora(model), os.path.join(args.output_dir, "merged_model"), trained.config, trained.tokenizer_dir)
     first, last = (history[0]["loss"], history[-1]["loss"]) if history else (None, None)
     log(f"done: {len(history)} steps, loss {first} -> {last}; model in {args.output_dir}")
-    return {"train_history": history, "eval_history": eval_history, "total_steps": total_steps}
+    state_bytes = optimizer_state_bytes_per_rank(optimizer)
+    log(f"optimizer state per rank: {state_bytes} bytes (sharding degree {ctx.sharding_degree})")
+    return {"train_history": history, "eval_history": eval_history, "total_steps": total_steps, "optimizer_state_bytes_per_rank": state_bytes}
