@@ -211,3 +211,13 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, suffix, conten
         list(iter_records(str(path)))
     line = 3 if suffix == ".json" else 2
     assert str(err.value).startswith(f"{path}:{line}: not UTF-8 text (byte 0xe9)")
+
+
+def test_convert_keeps_the_system_prompt():
+    from paddlebloom.tools.convert import convert_record
+
+    record = SYSTEM_CASES["openai_messages"][0]
+    conv = convert_record(record, "conversations", "r")
+    assert conv["system"] == SYSTEM and to_dialogue(conv) == to_dialogue(record)  # LLaMA-Factory's sharegpt `system` field
+    st = convert_record(record, "src_tgt", "r", TEMPLATES["belle"])
+    assert st["src"] == [belle_prompt("3 plus 4?", SYSTEM), belle_prompt("and 5 plus 5?", SYSTEM, first=False)] and st["tgt"] == ["7", "10"]
