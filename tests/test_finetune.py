@@ -348,3 +348,22 @@ def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_di
             assert labels[labels != -100].tolist() == [t for a in answers for t in tok.encode(a) + [tok.eos_token_id]]
     metrics = finetune(tiny_dir, tmp_path / "demo", "--max_steps", "2", "--train_file", *files, "--src_length", "256", "--tgt_length", "256")
     assert len(losses(metrics)) == 2 and all(np.isfinite(losses(metrics)))
+
+
+def test_do_generation_answers_with_the_prefix_as_trained_so_far(trained_tiny, tmp_path):
+    from paddlebloom.data.dataset import load_examples
+    from paddlebloom.data.formats import TEMPLATES
+    from paddlebloom.generation import GenerationConfig, generate_ids
+    from paddlebloom.loading import load_model
+    from paddlebloom.training.generation_eval import last_answer
+
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:3]), encoding="utf-8")
+    # evaluations after steps 1 and 2: the second must not answer with the prefix of the first
+    finetune(trained_tiny, tmp_path / "p", "--max_steps", "2", "--eval_steps", "1", "--validation_file", str(dev), "--do_generation",
+             "--tgt_length", "8", "--learning_rate", "0.3", *TP_MODES["prefix"])
+    model, tok, _ = load_model(trained_tiny, prefix_path=str(tmp_path / "p"))
+    examples = load_examples([str(dev)], tok, TEMPLATES["belle"], 48, 8, show_progress=False)
+    prompts = [last_answer(ids, labels, tok.eos_token_id)[0] for ids, labels in examples]
+    want = [tok.decode(a) for a in generate_ids(model, prompts, GenerationConfig(max_new_tokens=8))]
+    assert [json.loads(line)["prediction"] for line in open(tmp_path / "p" / "eval_generations.jsonl", encoding="utf-8")] == want

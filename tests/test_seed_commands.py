@@ -5,7 +5,8 @@ acceptance list: a flag dropped from one of our parsers fails this test. Each ru
 would run the example, a directory holding the scripts, `./data/` (train.json/dev.json, the
 WikiText and LAMBADA paths the seed names) and `bigscience/bloom-560m` (our tiny model: there is
 no hub here). Only these are substituted:
-  model paths   "/path/to/auto_dist/pdparams" -> auto_dist{rank}.pdparams files we write;
+  model paths   "/path/to/auto_dist/pdparams" -> auto_dist{rank}.pdparams files we write; `make run_eval*`
+                get MODEL=bigscience/bloom-560m (instead of building their own tiny model);
   data paths    `make run_eval*`'s WIKITEXT/LAMBADA point at the same small slices;
   step counts   2 optimizer steps (--max_steps 2), --gradient_accumulation_steps/--save_steps/--eval_steps 2,
                 so checkpoint-20 is checkpoint-2;
@@ -88,7 +89,7 @@ def on_this_machine(argv, autodist_dir):
         out += ["--max_steps", "2"]
     if out[0] == "make":
         out[1:1] = ["-o", ".venv/.installed"]  # the venv is there: do not reinstall it mid-test
-        out += ["WIKITEXT=data/wikitext-103/wiki.valid.tokens", "LAMBADA=data/lambada_test.jsonl"]
+        out += ["WIKITEXT=data/wikitext-103/wiki.valid.tokens", "LAMBADA=data/lambada_test.jsonl", "MODEL=bigscience/bloom-560m"]
     return out
 
 
