@@ -355,13 +355,32 @@ def test_text_stream_holds_back_partial_characters_and_stop_strings(exported_tin
 def test_chat_messages_become_turns():
     from paddlebloom.serving.api import ApiError, chat_turns
 
-    history, query = chat_turns([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                                 {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"}])
-    assert history == [("Be brief.\n\nhi", "hello")] and query == "2+2?"
+    system, history, query = chat_turns([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                                         {"role": "assistant", "content": "hello"}, {"role": "system", "content": "Now in French."},
+                                         {"role": "user", "content": "2+2?"}])
+    assert system == "Be brief." and history == [("hi", "hello")] and query == "Now in French.\n\n2+2?"
     for bad in ([{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}], [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                 [{"role": "user", "content": 5}], [{"role": "user", "content": "a", "extra": 1}], "hi"):
         with pytest.raises(ApiError):
             chat_turns(bad)
+
+
+def test_chat_system_prompt_is_the_templates_as_in_training(exported_tiny):
+    """A leading system message goes into the template's system slot: the server's prompt ids are
+    those of the same conversation as a training record ({"messages": ...}) up to its last answer."""
+    from paddlebloom.data.encode import encode_turns
+    from paddlebloom.data.formats import get_template, to_dialogue
+    from paddlebloom.serving.api import Limits, parse_chat
+    from paddlebloom.tokenizer import BloomTokenizer
+
+    tokenizer, template = BloomTokenizer.from_pretrained(exported_tiny), get_template("belle")
+    messages = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And of Italy?"}]
+    served = parse_chat({"messages": messages}, tokenizer, template, Limits(512, 16, {})).prompts[0]
+    dialogue = to_dialogue({"messages": messages + [{"role": "assistant", "content": "Rome"}]})
+    ids, _ = encode_turns(dialogue.turns, tokenizer, template, 512, 64, dialogue.system)
+    assert "Answer in one word." in tokenizer.decode(served)
+    assert served == ids[: len(served)].tolist() and tokenizer.decode(ids[len(served):].tolist()).startswith("Rome")
 
 
 def test_load_test_runs_and_reports_batching(tmp_path):

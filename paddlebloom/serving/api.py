@@ -221,12 +221,13 @@ def parse_completion(body, tokenizer, limits: Limits) -> Request:
     return Request(prompts, sampling, seeded, stream, stop, include_usage, n, echo, None if logprobs is None else "completion")
 
 
-def chat_turns(messages) -> Tuple[List[Tuple[str, str]], str]:
-    """(history of (user, assistant) pairs, the last user message). System messages are put in
-    front of the next user message: the fine-tuning templates have no system slot."""
+def chat_turns(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
+    """(system prompt, history of (user, assistant) pairs, the last user message). System messages
+    before the first user message are the conversation's system prompt (the template's system slot,
+    as in training); a later one is put in front of the next user message."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
-    history, pending_system, query = [], [], None
+    system, history, pending_system, query = None, [], [], None
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or set(m) - {"role", "content", "name"} or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise ApiError(400, f"messages[{i}] must be {{\"role\": one of {', '.join(ROLES)}, \"content\": string}}", param="messages")
@@ -236,6 +237,8 @@ def chat_turns(messages) -> Tuple[List[Tuple[str, str]], str]:
         elif role == "user":
             if query is not None:
                 raise ApiError(400, f"messages[{i}]: two user messages in a row (an assistant message must come between)", param="messages")
+            if not history and system is None and pending_system:
+                system, pending_system = "\n\n".join(pending_system), []
             query = "\n\n".join(pending_system + [content])
             pending_system = []
         else:
@@ -245,15 +248,15 @@ def chat_turns(messages) -> Tuple[List[Tuple[str, str]], str]:
             query = None
     if query is None:
         raise ApiError(400, "the last message must be the user's (the one to answer)", param="messages")
-    return history, query
+    return system, history, query
 
 
 def parse_chat(body, tokenizer, template, limits: Limits) -> Request:
     _check_fields(body, CHAT_FIELDS)
-    history, query = chat_turns(body.get("messages"))
-    # The newest message must fit on its own; older turns are dropped as in predict/chat.py.
-    _check_length(tokenizer.encode(template.render(query)), limits, "the last message")
-    ids = build_prompt(tokenizer, template, history, query, limits.max_prompt_tokens)
+    system, history, query = chat_turns(body.get("messages"))
+    # The newest message must fit on its own (with the system prompt); older turns are dropped as in predict/chat.py.
+    _check_length(tokenizer.encode(template.render(query, system)), limits, "the last message")
+    ids = build_prompt(tokenizer, template, history, query, limits.max_prompt_tokens, system)
     logprobs = _logprobs(body, chat=True)
     n = _choices(body, 1, limits)
     sampling, seeded = _sampling(body, limits, logprobs)
