@@ -31,6 +31,7 @@ bench: $(STAMP) $(HF_STAMP)
 	$(PY) bench/run_train_bench.py
 	$(PY) bench/run_generate_bench.py
 	$(PY) bench/run_serve_bench.py
+	$(PY) bench/run_scale_bench.py
 	$(PY) bench/write_report.py
 	@cat BENCHMARKS.md
 

@@ -126,15 +126,20 @@ def all_reduce_in_buckets(params, group, bucket_bytes: int = DP_BUCKET_BYTES) ->
     Each bucket goes through fleet's fused_allreduce_gradients_with_group (coalesce, all_reduce,
     split back in place), one bucket per call: given all of them at once, fleet coalesces every
     bucket before reducing the first, a transient second copy of all gradients (2.2 GB on
-    bloom-560m). No overlap with backward: over gloo a collective runs to completion inside the
-    call even with sync_op=False (measured), and fleet's hook-driven buckets (FusedCommBuffer)
-    refuse CPU devices.
+    bloom-560m). A tensor that fills a bucket alone is reduced in place: coalescing would only
+    copy it there and back (shape (a), DP=2 over gloo: 259 ms a step vs 311 ms coalescing every
+    bucket and 380 ms per tensor). No overlap with backward: over gloo a collective runs to
+    completion inside the call even with sync_op=False (measured), and fleet's hook-driven
+    buckets (FusedCommBuffer) refuse CPU devices.
     """
     from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients_with_group
 
     buckets = gradient_buckets(params, bucket_bytes)
     for bucket in buckets:
-        fused_allreduce_gradients_with_group(bucket, group, bucket_size=2**62, scale=1.0)
+        if len(bucket) == 1:
+            dist.all_reduce(bucket[0].grad, group=group)
+        else:
+            fused_allreduce_gradients_with_group(bucket, group, bucket_size=2**62, scale=1.0)
     return len(buckets)
 
 
