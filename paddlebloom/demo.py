@@ -3,7 +3,8 @@
 Every stage is the command a user would type (run as a subprocess), so the demo exercises the
 real entry points: create a tiny BLOOM → pre-train it on a generated Chinese+English corpus and
 instructions of two families → teach it a new instruction with LoRA at tensor-parallel degree 2
-under paddle.distributed.launch → merge to one checkpoint → export the step program (fp32 and
+under paddle.distributed.launch (and, from the same pre-trained model, with DPO on preference
+pairs) → merge to one checkpoint → export the step program (fp32 and
 weight-only int8) → answer held-out prompts with paddle.inference → perplexity before and after.
 """
 import argparse
@@ -53,6 +54,18 @@ def unseen(family: str, trained, text: str, n: int, seed: int):
     return out[:n]
 
 
+def preference_pairs(tasks, seed: int):
+    """The tasks as preference pairs (LLaMA-Factory's alpaca form): the right answer chosen,
+    another word of the same list rejected."""
+    rng = random.Random(seed)
+    pairs = []
+    for t in tasks:
+        wrong = [w for w in t["input"].split() if w != t["output"]]
+        if wrong:
+            pairs.append({"instruction": t["instruction"], "input": t["input"], "chosen": t["output"], "rejected": rng.choice(wrong)})
+    return pairs
+
+
 def write_data(out: str, held_out: int) -> dict:
     skills = corpus.instruction_tasks(2000, seed=1, families=SKILLS)
     new = corpus.instruction_tasks(1000, seed=2, families=(NEW_INSTRUCTION,))
@@ -62,7 +75,8 @@ def write_data(out: str, held_out: int) -> dict:
     random.Random(0).shuffle(sentences)
     text = "\n".join(" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)) + "\n"
     checks = unseen(NEW_INSTRUCTION, new + skills, text, held_out, seed=777)
-    paths = {name: os.path.join(out, name) for name in ("corpus.txt", "skills.json", "new_instruction.json", "held_out.jsonl", "eval_text.txt")}
+    paths = {name: os.path.join(out, name) for name in ("corpus.txt", "skills.json", "new_instruction.json", "held_out.jsonl", "eval_text.txt",
+                                                         "preferences.jsonl", "held_out_preferences.jsonl")}
     with open(paths["corpus.txt"], "w", encoding="utf-8") as f:
         f.write(text)
     with open(paths["eval_text.txt"], "w", encoding="utf-8") as f:
@@ -72,6 +86,9 @@ def write_data(out: str, held_out: int) -> dict:
             json.dump(records, f, ensure_ascii=False)
     with open(paths["held_out.jsonl"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in checks)
+    for name, records in (("preferences.jsonl", preference_pairs(new, seed=3)), ("held_out_preferences.jsonl", preference_pairs(checks, seed=4))):
+        with open(paths[name], "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return paths
 
 
@@ -106,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain_steps", type=int, default=800)
     p.add_argument("--lora_steps", type=int, default=800)
     p.add_argument("--lora_learning_rate", default="3e-3")
+    p.add_argument("--dpo_steps", type=int, default=60)
     p.add_argument("--held_out", type=int, default=40, help="held-out prompts of the new instruction")
     a = p.parse_args(argv)
     out = os.path.abspath(a.output_dir)
@@ -125,6 +143,15 @@ def main(argv=None) -> int:
     answers_before = os.path.join(out, "answers_before_lora.jsonl")
     stage("Ask the pre-trained model the held-out prompts", ["predict/predict_generation.py", "--model_name_or_path", pre, "--data_file", data["held_out.jsonl"],
                                                              "--output_file", answers_before, "--max_new_tokens", "12", "--batch_size", "25"], logs)
+    # Preference tuning from the same pre-trained model: the new instruction again, now taught
+    # by pairs (right answer chosen, another word of the list rejected) instead of demonstrations.
+    dpo_before, dpo = os.path.join(out, "dpo_before"), os.path.join(out, "dpo")
+    dpo_flags = ["finetune/dpo.py", "--model_name_or_path", pre, "--validation_file", data["held_out_preferences.jsonl"], "--src_length", "48",
+                 "--tgt_length", "16", "--beta", "0.5", "--disable_tqdm", "--overwrite_output_dir"]
+    stage("Preference accuracy of the pre-trained model on held-out pairs", [*dpo_flags, "--do_eval", "--output_dir", dpo_before], logs)
+    stage("DPO on the preference pairs", [*dpo_flags, "--train_file", data["preferences.jsonl"], "--do_train", "--do_eval", "--output_dir", dpo,
+                                          "--per_device_train_batch_size", "16", "--max_steps", str(a.dpo_steps), "--learning_rate", "3e-3",
+                                          "--warmup_steps", "5", "--save_steps", "0", "--logging_steps", "20"], logs)
     stage("LoRA: teach the new instruction at TP=2", ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(logs, "launch"), "--nproc_per_node", "2",
                                                       "finetune/finetune_generation.py", "--model_name_or_path", pre, "--train_file", data["new_instruction.json"],
                                                       "--output_dir", lora, "--src_length", "48", "--tgt_length", "16", "--per_device_train_batch_size", "16",
@@ -145,18 +172,24 @@ def main(argv=None) -> int:
     ppl_merged = perplexity(merged, data["eval_text.txt"], os.path.join(out, "ppl_merged.json"), logs)
     pre_hist = json.load(open(os.path.join(pre, "metrics.json")))["train_history"]
     lora_hist = json.load(open(os.path.join(lora, "metrics.json")))["train_history"]
+    dpo_metrics, dpo_start = (json.load(open(os.path.join(d, "metrics.json"))) for d in (dpo, dpo_before))
+    preferred = [m["final_eval"]["eval_preference_accuracy"] for m in (dpo_start, dpo_metrics)]
     exact_before, exact = exact_match_by_family(answers_before), exact_match_by_family(answers)
     same_int8 = same_predictions(answers, answers_int8)
     summary = {"pretrain_loss": [pre_hist[0]["loss"], pre_hist[-1]["loss"]], "lora_loss": [lora_hist[0]["loss"], lora_hist[-1]["loss"]],
                "ppl": {"new": ppl_before, "pretrained": ppl_pre, "merged": ppl_merged},
                "held_out_exact_match_before_lora": exact_before, "held_out_exact_match": exact, "int8_answers_equal_fp32": same_int8,
-               "artefacts": {"merged": merged, "static": static, "static_int8": static_int8, "answers": answers, "answers_int8": answers_int8, "loss_curves": [os.path.join(pre, "loss_curve.png"), os.path.join(lora, "loss_curve.png")]},
+               "dpo": {"loss": [dpo_metrics["train_history"][0]["loss"], dpo_metrics["train_history"][-1]["loss"]],
+                       "held_out_preference_accuracy": preferred, "held_out_reward_accuracy": dpo_metrics["final_eval"]["eval_rewards/accuracies"]},
+               "artefacts": {"dpo_rewards": os.path.join(dpo, "dpo_rewards.png"), "merged": merged, "static": static, "static_int8": static_int8, "answers": answers, "answers_int8": answers_int8, "loss_curves": [os.path.join(pre, "loss_curve.png"), os.path.join(lora, "loss_curve.png")]},
                "seconds": round(time.time() - started, 1)}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     print("\n== Summary")
     print(f"   pre-training loss   {pre_hist[0]['loss']:.3f} -> {pre_hist[-1]['loss']:.3f}   ({pre}/loss_curve.png)")
     print(f"   LoRA (TP=2) loss    {lora_hist[0]['loss']:.3f} -> {lora_hist[-1]['loss']:.3f}   ({lora}/loss_curve.png)")
+    print(f"   DPO loss            {summary['dpo']['loss'][0]:.3f} -> {summary['dpo']['loss'][1]:.3f}; held-out pairs where the right answer is "
+          f"preferred: {preferred[0]:.0%} before -> {preferred[1]:.0%} after DPO   ({dpo}/dpo_rewards.png)")
     print(f"   perplexity on held-out generated text: {ppl_before:.1f} (new) -> {ppl_pre:.1f} (pre-trained) -> {ppl_merged:.1f} (after LoRA, merged)")
     for fam in exact:
         print(f"   held-out '{fam}' prompts (the new instruction), exact match: {exact_before[fam]:.0%} before LoRA -> {exact[fam]:.0%} after (static model)")

@@ -25,6 +25,10 @@ def test_make_demo_learns_the_new_instruction(tmp_path):
         answers = [json.loads(line) for line in f]
     target = [a for a in answers if a["family"] == TARGET_FAMILY]
     assert len(target) >= 20 and sum(a["prediction"].strip() == a["output"] for a in target) / len(target) == after
+    # DPO (issue 17): held-out pairs (right answer vs another word of the list) preferred more often
+    before_dpo, after_dpo = summary["dpo"]["held_out_preference_accuracy"]
+    assert after_dpo >= before_dpo + 0.15 and summary["dpo"]["loss"][1] < summary["dpo"]["loss"][0], summary["dpo"]
+    assert os.path.getsize(summary["artefacts"]["dpo_rewards"]) > 1000
     for png in summary["artefacts"]["loss_curves"]:
         assert os.path.getsize(png) > 1000
     assert os.path.exists(os.path.join(summary["artefacts"]["static"], "bloom.json"))

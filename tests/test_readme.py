@@ -48,6 +48,9 @@ def user_files(work, tiny_dir):
         f.writelines(json.dumps({"instruction": t["instruction"], "input": t["input"]}, ensure_ascii=False) + "\n" for t in tasks[:4])
     with open(work / "belle.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"instruction": f"{t['instruction']} {t['input']}".strip(), "output": t["output"]}, ensure_ascii=False) + "\n" for t in tasks[:24])
+    with open(work / "pairs.jsonl", "w", encoding="utf-8") as f:  # preference pairs: the right answer and another task's
+        f.writelines(json.dumps({"prompt": f"{t['instruction']}\n{t['input']}", "chosen": t["output"], "rejected": u["output"]}, ensure_ascii=False) + "\n"
+                     for t, u in zip(tasks, tasks[5:]) if t["output"] != u["output"])
     (work / "zh.txt").write_text("\n".join(corpus.sentences(200, seed=4)) + "\n", encoding="utf-8")
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:  # the README's example config, as written there
         (work / "lora_argument.json").write_text(re.search(r"^```json\n(.*?)^```", f.read(), re.S | re.M).group(1), encoding="utf-8")
@@ -138,7 +141,7 @@ def test_every_readme_command_runs(tiny_dir, tmp_path):
     # The commands did what the README says they do, not just exit 0.
     promised = ["runs/full/model_state.pdparams", "runs/lora/lora_model_state.pdparams", "runs/prefix/prefix_model_state.pdparams",
                 "runs/merged/model_state.pdparams", "inference/bloom.json", "bloom-560m-paddle/config.json", "runs/pruned/vocab_map.json",
-                "runs/from_config/lora_model_state.pdparams"]
+                "runs/from_config/lora_model_state.pdparams", "runs/dpo_lora/lora_model_state.pdparams", "runs/dpo_lora/dpo_rewards.png"]
     assert [p for p in promised if not (work / p).exists()] == []
     with open(work / "out.jsonl", encoding="utf-8") as f:
         assert [bool(json.loads(line)["prediction"]) for line in f] == [True] * 4

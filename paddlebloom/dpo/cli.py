@@ -17,6 +17,8 @@ def parse_dpo_args(argv=None):
     problems = []
     if args.prefix:
         problems.append("--prefix is not supported by DPO: tune all weights or --lora")
+    if getattr(args, "do_generation", False):
+        problems.append("--do_generation scores fine-tuning answers by ROUGE; DPO evaluations report preference accuracy")
     if args.beta <= 0:
         problems.append("--beta must be positive")
     if not 0.0 <= args.label_smoothing < 0.5:
