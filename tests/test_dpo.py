@@ -170,6 +170,16 @@ def test_tp2_follows_tp1(tiny_dir, pairs_file, tmp_path, mode):
     assert os.path.getsize(tmp_path / "tp2" / "dpo_rewards.png") > 1000
 
 
+def test_two_data_parallel_ranks_equal_one_big_batch(tiny_dir, pairs_file, tmp_path):
+    """Pairs weigh the same on every rank: DP=2 x 2 pairs is one step over the 4 pairs."""
+    one = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "dp1", "--max_steps", "3")))["train_history"]
+    launch([SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "dp2", "--max_steps", "3", "--per_device_train_batch_size", "2")], tmp_path / "log")
+    saved = json.load(open(tmp_path / "dp2" / "metrics.json"))
+    assert saved["data_parallel_degree"] == 2
+    for name in STEP_METRICS:
+        assert max(abs(a[name] - b[name]) for a, b in zip(one, saved["train_history"])) < 1e-5 * max(1.0, max(abs(a[name]) for a in one)), name
+
+
 def test_resume_continues_exactly(tiny_dir, pairs_file, tmp_path):
     straight = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "straight", "--max_steps", "4")))
     # fresh processes, as a restarted job (Paddle names optimizer state after creation order)
