@@ -22,7 +22,7 @@ install: $(STAMP)
 # torch 2.13.0 CPU comes from the wheel on this machine's disk when present.
 $(HF_STAMP): requirements-hf.txt
 	test -x $(HF_PY) || python3 -m venv .venv-hf
-	$(HF_PY) -m pip install -q --disable-pip-version-check -r requirements-hf.txt
+	PYTHONPATH= $(HF_PY) -m pip install -q --disable-pip-version-check -r requirements-hf.txt  # not our egg-info: the peer venv does not install paddlebloom
 	touch $(HF_STAMP)
 
 hf-venv: $(HF_STAMP)
