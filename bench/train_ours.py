@@ -28,9 +28,9 @@ def main() -> None:
     flags = ["--model_name_or_path", "-", "--output_dir", "-", "--train_file", "-", "--learning_rate", "1e-4", "--max_grad_norm", "1.0"]
     if a.method == "lora":
         from paddlebloom.lora.config import LoRAConfig
-        from paddlebloom.lora.model import apply_lora
+        from paddlebloom.lora.model import LoRA
 
-        apply_lora(model, LoRAConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("query_key_value")))
+        LoRA(LoRAConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("query_key_value"))).apply(model)
     model.set_recompute(a.recompute)
     model.train()
     args = parse_args(flags)

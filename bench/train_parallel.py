@@ -53,7 +53,7 @@ def main() -> None:
     s = SHAPES[a.shape]
     seq = a.seq or s["seq"]
     paddle.seed(0)
-    model = BloomForCausalLM(BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]))
+    model = BloomForCausalLM(BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]), parallel=ctx)
     model.train()
     optimizer, _, named = optim.build_optimizer(model, args, 100)
 

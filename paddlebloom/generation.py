@@ -7,15 +7,17 @@ one agreed seed, so all ranks choose the same tokens.
 """
 import argparse
 import random
+from dataclasses import asdict
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import paddle
 
-from .data.formats import TEMPLATES
+from .adapter import adapter_of
+from .data.templates import TEMPLATES
 from .engine import GenerationConfig, StepEngine
-from .engine.settings import STRATEGIES
 from .engine.backends import EagerBackend
+from .engine.settings import add_decoding_flags, from_flags
 from .engine.step_model import StepModel
 from .parallel.collectives import max_over_tp
 
@@ -23,24 +25,12 @@ from .parallel.collectives import max_over_tp
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--src_length", type=int, default=1024, help="prompt tokens kept (from the end)")
-    g.add_argument("--max_new_tokens", "--tgt_length", dest="max_new_tokens", type=int, default=128)
-    g.add_argument("--decode_strategy", default="greedy_search", choices=STRATEGIES)
-    g.add_argument("--top_k", type=int, default=0)
-    g.add_argument("--top_p", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--repetition_penalty", type=float, default=1.0)
-    g.add_argument("--num_beams", type=int, default=1, help="beams per prompt (with --decode_strategy beam_search)")
-    g.add_argument("--length_penalty", type=float, default=1.0, help="beam search: hypotheses score sum(log p) / length ** length_penalty")
-    g.add_argument("--seed", type=int, default=None)
+    add_decoding_flags(g, {**asdict(GenerationConfig()), "max_new_tokens": 128}, max_new_tokens_aliases=("--tgt_length",))
     g.add_argument("--template", default="belle", choices=sorted(TEMPLATES), help="prompt template (paddlebloom.data.formats)")
 
 
 def generation_config(args, tokenizer) -> GenerationConfig:
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, decode_strategy=args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
-                              temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                              num_beams=args.num_beams, length_penalty=args.length_penalty, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
-    config.validate()
-    return config
+    return from_flags(args, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def left_pad(prompts_ids: Sequence[Sequence[int]], pad_token_id: int):
@@ -66,11 +56,7 @@ def step_engine(model, slots: int) -> StepEngine:
     """The model's decode engine (built once per model; the float32 step model shares its weights)."""
     engine = getattr(model, "_step_engine", None)
     if engine is None:
-        prefix_kv, base = None, model
-        if hasattr(model, "prefix_past_key_values"):
-            from .export.exporter import stacked_prefix
-
-            prefix_kv, base = stacked_prefix(model), model.model
+        base, prefix_kv = adapter_of(model).step_parts(model)  # a prefix's keys/values start every cache
         engine = StepEngine(EagerBackend(StepModel(base)), slots=slots, max_len=256, prefix_kv=prefix_kv)
         object.__setattr__(model, "_step_engine", engine)
     engine.cache.ensure(slots, engine.cache.max_len)

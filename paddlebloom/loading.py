@@ -8,9 +8,12 @@ from typing import Optional, Tuple
 
 import paddle
 
+from .adapter import adapter_of
 from .checkpoint import load_into
 from .config import BloomConfig
+from .lora.model import LoRA
 from .model import BloomForCausalLM
+from .prefix.model import Prefix
 from .runtime import parallel_context
 from .tokenizer import BloomTokenizer
 
@@ -23,6 +26,7 @@ def resolve_model_dir(name_or_path: str) -> str:
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{name_or_path}: model directory not found")
     try:
+        # optional: paddlenlp - its hub downloader, needed only for names that are not local directories (import ~10 s)
         from paddlenlp.utils.download import resolve_file_path
 
         found = [resolve_file_path(name_or_path, [f]) for f in HUB_FILES]
@@ -66,6 +70,7 @@ def load_model(
     With `merge_lora` the LoRA weights are folded into the base weights (W + A B * alpha / r), so
     the result is an ordinary BloomForCausalLM. A prefix adapter wraps the model: calls then take
     the same arguments and the prefix is prepended to the cache and the attention mask.
+    `adapter_of(model)` says which adapter the result carries (prefix, unmerged LoRA, or none).
     `dtype` float16/bfloat16 holds the weights in that type (where the device can compute in it);
     `autodist` reads PaddleNLP's auto_dist{rank}.pdparams shards.
     """
@@ -73,17 +78,16 @@ def load_model(
         require_dtype_kernels(dtype)
     directory = resolve_model_dir(name_or_path)
     config = BloomConfig.load(directory)
-    config.validate_tensor_parallel(parallel_context().tp_degree)
-    model = BloomForCausalLM(config)
+    parallel = parallel_context()
+    config.validate_tensor_parallel(parallel.tp_degree)
+    model = BloomForCausalLM(config, parallel=parallel)
     load_into(model, directory, autodist=autodist)
     if lora_path:
-        from .lora.model import load_lora
-
-        model = load_lora(model, lora_path, merge=merge_lora)
+        model = LoRA.from_directory(lora_path).load(model, lora_path)
+        if merge_lora:
+            model, _ = adapter_of(model).merge(model)
     if prefix_path:
-        from .prefix.model import load_prefix
-
-        model = load_prefix(model, prefix_path)
+        model = Prefix.from_directory(prefix_path).load(model, prefix_path)
     if dtype != "float32":
         model.to(dtype=dtype)
     model.eval()

@@ -2,14 +2,18 @@
 
 Parameter names are PaddleNLP's `BloomForCausalLM` names (`bloom.h.0.self_attention.query_key_value.weight`
 ...), so checkpoints move both ways. We own the model instead of patching PaddleNLP's because
-its init zeroes every Linear weight (STACK.md defect 1), its TP path has no CPU kernels
-(defect 3) and its prefix/mask handling breaks under TP and export (defects 5, 6).
+its init zeroes every Linear weight, its TP path has no CPU kernels and its prefix/mask handling
+breaks under TP and export (the README's "Upstream defects" table; the workarounds the model
+still needs are functions in workarounds.py).
 
 Conventions:
 - `labels` are already shifted: labels[t] is the token that should follow input_ids[t]
-  (the data pipeline shifts; -100 = not scored). Same as PaddleNLP's BLOOM (defect 2).
+  (the data pipeline shifts; -100 = not scored). Same as PaddleNLP's BLOOM, which does not shift either.
 - `attention_mask` [batch, past + seq] is 1 for real tokens, 0 for padding (left padding).
 - `past_key_values`: per layer (key, value), each [batch, local_heads, past_len, head_dim].
+- The model is built for an explicit ParallelContext (`BloomForCausalLM(config, parallel=ctx)`,
+  ctx from runtime.init_parallel); without one it is a single-process model, refused where
+  init_parallel set up several ranks (it would silently get TP=1 shapes).
 """
 import math
 from typing import List, NamedTuple, Optional, Tuple
@@ -17,12 +21,12 @@ from typing import List, NamedTuple, Optional, Tuple
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.distributed.fleet.utils import recompute as checkpointed
 
 from .config import BloomConfig
 from .parallel.collectives import gather_from_tp
 from .parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, parallel_cross_entropy
-from .runtime import parallel_context
+from .runtime import ParallelContext, single_process_context
+from .workarounds import recomputed_block
 
 KV = Tuple[paddle.Tensor, paddle.Tensor]
 
@@ -64,13 +68,12 @@ def attention_bias(attention_mask, query_len: int, slopes, dtype):
 
 
 class BloomAttention(nn.Layer):
-    def __init__(self, config: BloomConfig):
+    def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
-        tp = parallel_context().tp_degree
-        self.local_heads = config.n_head // tp
+        self.local_heads = config.n_head // parallel.tp_degree
         self.head_dim = config.head_dim
-        self.query_key_value = ColumnParallelLinear(config.hidden_size, 3 * config.hidden_size, config.initializer_range)
-        self.dense = RowParallelLinear(config.hidden_size, config.hidden_size, config.initializer_range)
+        self.query_key_value = ColumnParallelLinear(config.hidden_size, 3 * config.hidden_size, parallel, config.initializer_range)
+        self.dense = RowParallelLinear(config.hidden_size, config.hidden_size, parallel, config.initializer_range)
         self.attention_dropout = nn.Dropout(config.attention_dropout)
 
     def forward(self, x, bias, layer_past: Optional[KV] = None):
@@ -79,7 +82,7 @@ class BloomAttention(nn.Layer):
         # One transpose to [3, b, heads, s, head_dim] and a split: the backward is one transpose and
         # one concat, where three strided slices cost a zero-filled copy each (forward + backward of
         # the attention of shape (a) on CPU: 100 -> 70 ms per layer with Paddle's strided views,
-        # 19 -> 18 ms with runtime.contiguous_cpu_kernels).
+        # 19 -> 18 ms with workarounds.contiguous_cpu_kernels).
         qkv = self.query_key_value(x).reshape([b, s, self.local_heads, 3, self.head_dim]).transpose([3, 0, 2, 1, 4])
         q, k, v = (t.squeeze(0) for t in paddle.split(qkv, 3, axis=0))
         if layer_past is not None:
@@ -93,23 +96,23 @@ class BloomAttention(nn.Layer):
 
 
 class BloomMLP(nn.Layer):
-    def __init__(self, config: BloomConfig):
+    def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
-        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, 4 * config.hidden_size, config.initializer_range)
-        self.dense_4h_to_h = RowParallelLinear(4 * config.hidden_size, config.hidden_size, config.initializer_range)
+        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, 4 * config.hidden_size, parallel, config.initializer_range)
+        self.dense_4h_to_h = RowParallelLinear(4 * config.hidden_size, config.hidden_size, parallel, config.initializer_range)
 
     def forward(self, x):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=True))
 
 
 class BloomBlock(nn.Layer):
-    def __init__(self, config: BloomConfig):
+    def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
         eps = config.layer_norm_epsilon
         self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
-        self.self_attention = BloomAttention(config)
+        self.self_attention = BloomAttention(config, parallel)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
-        self.mlp = BloomMLP(config)
+        self.mlp = BloomMLP(config, parallel)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.post_ln_residual = config.apply_residual_connection_post_layernorm
 
@@ -122,23 +125,16 @@ class BloomBlock(nn.Layer):
         return x, present
 
 
-def _hidden_only(block, x, bias, past_key, past_value):
-    # Tensors as separate arguments: recompute propagates gradients only to tensor arguments
-    # (a prefix's cache must get its gradient).
-    return block(x, bias, None if past_key is None else (past_key, past_value))[0]
-
-
 class BloomModel(nn.Layer):
-    def __init__(self, config: BloomConfig):
+    def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
-        ctx = parallel_context()
-        config.validate_tensor_parallel(ctx.tp_degree)
-        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.initializer_range)
+        config.validate_tensor_parallel(parallel.tp_degree)
+        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, parallel, config.initializer_range)
         self.word_embeddings_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
-        self.h = nn.LayerList([BloomBlock(config) for _ in range(config.n_layer)])
+        self.h = nn.LayerList([BloomBlock(config, parallel) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
-        heads = config.n_head // ctx.tp_degree
-        local = alibi_slopes(config.n_head)[ctx.tp_rank * heads : (ctx.tp_rank + 1) * heads]
+        heads = config.n_head // parallel.tp_degree
+        local = alibi_slopes(config.n_head)[parallel.tp_rank * heads : (parallel.tp_rank + 1) * heads]
         self.register_buffer("alibi_slopes", paddle.to_tensor(local, dtype="float32"), persistable=False)
         self.recompute = False
 
@@ -149,17 +145,11 @@ class BloomModel(nn.Layer):
             attention_mask = paddle.ones([b, past_len + s], dtype="int64")
         x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
         bias = attention_bias(attention_mask, s, self.alibi_slopes, x.dtype)
-        if self.recompute and self.training:
-            # Recompute runs a block's backward only if an input needs a gradient; with a frozen
-            # embedding (LoRA, prefix) none would, and the adapters would silently get no gradient.
-            x.stop_gradient = False
         presents = []
         for i, block in enumerate(self.h):
             layer_past = None if past_key_values is None else past_key_values[i]
             if self.recompute and self.training and not use_cache:
-                # Recompute sees one tensor in and out: nested (k, v) outputs crash its PyLayer.
-                past = (None, None) if layer_past is None else layer_past
-                x, present = checkpointed(_hidden_only, block, x, bias, *past), None
+                x, present = recomputed_block(block, x, bias, layer_past), None
             else:
                 x, present = block(x, bias, layer_past)
             presents.append(present)
@@ -167,10 +157,11 @@ class BloomModel(nn.Layer):
 
 
 class BloomForCausalLM(nn.Layer):
-    def __init__(self, config: BloomConfig):
+    def __init__(self, config: BloomConfig, parallel: Optional[ParallelContext] = None):
         super().__init__()
         self.config = config
-        self.bloom = BloomModel(config)
+        self.parallel = parallel or single_process_context()
+        self.bloom = BloomModel(config, self.parallel)
 
     def forward(
         self,
@@ -190,8 +181,8 @@ class BloomForCausalLM(nn.Layer):
         local_logits = emb.logits(hidden)
         loss = n_tokens = None
         if labels is not None:
-            loss, n_tokens = parallel_cross_entropy(local_logits, labels, emb.start, emb.vocab_size, label_smoothing)
-        logits = gather_from_tp(local_logits) if return_logits else None
+            loss, n_tokens = parallel_cross_entropy(local_logits, labels, emb.start, emb.vocab_size, label_smoothing, parallel=self.parallel)
+        logits = gather_from_tp(local_logits, self.parallel) if return_logits else None
         return CausalLMOutput(loss, logits, presents, n_tokens)
 
     def set_recompute(self, enabled: bool) -> None:

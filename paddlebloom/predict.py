@@ -16,13 +16,14 @@ from typing import List, Tuple
 
 from tqdm import tqdm
 
+from .adapter import adapter_of
 from .atomic import write_file_atomic
-from .checkpoint import save_checkpoint
 from .cli import run_main
-from .data.formats import FORMATS, get_template, prompt_for_prediction
+from .data.formats import FORMATS, prompt_for_prediction
 from .data.readers import DataError, iter_records, iter_text_lines, parse_json_line, stdin_prompts
+from .data.templates import get_template
 from .generation import add_generation_flags, encode_prompts, generate_ids, generation_config
-from .loading import load_model
+from .loading import load_model, resolve_model_dir
 from .runtime import init_parallel, parallel_context, quiet, use_all_cores, world_size
 
 
@@ -49,27 +50,6 @@ def read_prompts(path: str, template, data_format) -> Tuple[List[Tuple[int, dict
     return good, bad
 
 
-def save_onepiece(model, config, tokenizer_dir: str, directory: str) -> None:
-    """One ordinary checkpoint (LoRA already folded in by load_model); a prefix is saved alongside."""
-    from .prefix.model import PrefixModel
-
-    base, extra = model, None
-    if isinstance(model, PrefixModel):
-        from .adapter_files import save_config
-        from .checkpoint import save_weights
-        from .prefix.config import PREFIX_CONFIG, PREFIX_WEIGHTS, PrefixConfig
-        from .prefix.model import prefix_state
-
-        base = model.model
-        weights = {k: v.numpy() for k, v in prefix_state(model).items()}
-
-        def extra(tmp):
-            save_weights(weights, os.path.join(tmp, PREFIX_WEIGHTS))
-            save_config(PrefixConfig(**{**model.prefix_config.__dict__, "tensor_parallel_degree": 1}), os.path.join(tmp, PREFIX_CONFIG))
-
-    save_checkpoint(base, directory, config, tokenizer_dir, merge=True, extra=extra)
-
-
 def predict(args) -> int:
     quiet()
     use_all_cores()
@@ -85,11 +65,9 @@ def predict(args) -> int:
         if sys.stdin.isatty():
             print("reading prompts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
         prompts = stdin_prompts(sys.stdin)
-    model, tokenizer, config = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
-    from .loading import resolve_model_dir
-
-    if args.save_onepiece_model_path:
-        save_onepiece(model, config, resolve_model_dir(args.model_name_or_path), args.save_onepiece_model_path)
+    model, tokenizer, _ = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
+    if args.save_onepiece_model_path:  # one ordinary checkpoint (LoRA folded in by load_model), a prefix beside it
+        adapter_of(model).save_merged(model, args.save_onepiece_model_path, resolve_model_dir(args.model_name_or_path))
         if parallel_context().is_main:
             print(f"wrote one-piece checkpoint {args.save_onepiece_model_path}")
     if args.data_file or from_stdin:

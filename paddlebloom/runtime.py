@@ -6,19 +6,21 @@ launcher sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID and we build fleet's hybri
 remaining ranks as data parallel (world = dp x sharding x tensor parallel, as in PaddleNLP).
 """
 import os
-import socket
-import warnings
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
-# Paddle warns at import time that ccache is missing (it only matters for compiling custom
-# ops): filter it before the import so it does not bury every script's output.
-warnings.filterwarnings("ignore", message=".*No ccache found.*")
+import paddle
+from paddle.distributed import fleet
 
-import paddle  # noqa: E402
-
-from .cpu import reuse_freed_memory, user_thread_count  # noqa: E402
+from .cli import quiet_upstream_warnings
+from .workarounds import (
+    contiguous_cpu_kernels,
+    prefer_avx2_mkl_on_amd,
+    private_gloo_rendezvous,
+    reuse_freed_memory,
+    user_thread_count,
+)
 
 
 def world_size() -> int:
@@ -34,15 +36,18 @@ def local_world_size() -> int:
 
 
 def use_all_cores() -> int:
-    """Give Paddle's CPU kernels every core this process may use; returns the thread count.
+    """Set up Paddle's CPU runtime for a computing entry point; returns the thread count.
 
-    Paddle's eager CPU kernels run with one math-library thread out of the box (measured: a
-    2048x2048 fp32 matmul at 26 GFLOP/s with 1 thread vs 54 GFLOP/s with 2 on a 2-core machine).
-    Processes started together on one machine (tensor parallel ranks) share the cores.
-    An explicit OMP_NUM_THREADS from the user wins (read past the "1" that `import paddle`
-    writes, see cpu.user_thread_count). Also keeps freed tensor memory for reuse
-    (cpu.reuse_freed_memory) and makes CPU layout ops copy (contiguous_cpu_kernels).
+    Call it first thing in a main, before the first MKL routine. Paddle's eager CPU kernels run
+    with one math-library thread out of the box (measured: a 2048x2048 fp32 matmul at 26 GFLOP/s
+    with 1 thread vs 54 GFLOP/s with 2 on a 2-core machine): this gives them every core this
+    process may use (processes started together on one machine, tensor parallel ranks, share
+    them). An explicit OMP_NUM_THREADS from the user wins. Also applies the CPU-runtime
+    workarounds (paddlebloom/workarounds.py): the user's thread count read past the "1" that
+    `import paddle` writes, MKL's AVX2 kernels on AMD, freed tensor memory kept for reuse, and
+    contiguous layout ops on CPU-only machines.
     """
+    prefer_avx2_mkl_on_amd()
     threads = user_thread_count()
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, local_world_size()))
@@ -51,29 +56,16 @@ def use_all_cores() -> int:
         os.environ.pop("OMP_NUM_THREADS", None)
     paddle.base.core.set_num_threads(threads)
     reuse_freed_memory()
-    contiguous_cpu_kernels()
+    if device_for_backend() == "cpu":  # GPU runs keep Paddle's strided views
+        contiguous_cpu_kernels()
     return threads
 
 
-def contiguous_cpu_kernels() -> None:
-    """On a CPU-only machine, let transpose / split / squeeze return contiguous tensors.
-
-    With Paddle's default FLAGS_use_stride_kernel=1 they return strided views, and every later
-    kernel (matmul, the gradients of squeeze and reshape) first makes its input contiguous with
-    a generic element-by-element strided copy: a BLOOM attention block of shape (a) took 60-90 ms
-    forward + backward on 2 cores, 18-20 ms with copying transposes, and the whole training step
-    ~11% less. Nothing here writes through a view in place, so results are identical. GPU runs
-    keep Paddle's default.
-    """
-    if device_for_backend() == "cpu":
-        paddle.set_flags({"FLAGS_use_stride_kernel": False})
-
-
 def quiet() -> None:
-    """Silence import-time noise that buries the progress bars users actually read."""
+    """Silence upstream noise that buries the progress bars users actually read (Paddle's C++
+    info logs in this process's children, the known-noisy upstream warnings: cli.UPSTREAM_NOISE)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_upstream_warnings()
 
 
 @dataclass
@@ -113,6 +105,19 @@ def parallel_context() -> ParallelContext:
     return _CONTEXT
 
 
+def single_process_context() -> ParallelContext:
+    """The context of a model built without one: a single process.
+
+    Refused once init_parallel has placed this process among several ranks: such a model would
+    silently get TP=1 shapes (and every rank would write its files); pass the context instead.
+    """
+    ctx = parallel_context()
+    if ctx.tp_degree * ctx.dp_degree * ctx.sharding_degree > 1:
+        raise ValueError(f"this process is one of {ctx.tp_degree * ctx.dp_degree * ctx.sharding_degree} ranks "
+                         f"(tensor_parallel_degree {ctx.tp_degree}): build the model with parallel=init_parallel(...)'s context")
+    return ParallelContext()
+
+
 def device_for_backend() -> str:
     return "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
 
@@ -139,12 +144,10 @@ def init_parallel(tensor_parallel_degree: int = 1, sharding_parallel_degree: int
         raise ValueError(f"--tensor_parallel_degree {tp} does not divide the {n} launched processes")
     if n % (tp * sd) != 0:
         raise ValueError(f"--sharding_parallel_degree {sd} x --tensor_parallel_degree {tp} does not divide the {n} launched processes")
-    from paddle.distributed import fleet
-
     paddle.set_device(device_for_backend() if device_for_backend() == "cpu" else f"gpu:{os.environ.get('FLAGS_selected_gpus', '0')}")
     strategy = fleet.DistributedStrategy()
     strategy.hybrid_configs = {"dp_degree": n // (tp * sd), "mp_degree": tp, "pp_degree": 1, "sharding_degree": sd}
-    with private_gloo_rendezvous():
+    with private_gloo_rendezvous() if device_for_backend() == "cpu" else nullcontext():
         fleet.init(is_collective=True, strategy=strategy)
     hcg = fleet.get_hybrid_communicate_group()
     backend = paddle.distributed.get_backend() if hasattr(paddle.distributed, "get_backend") else "unknown"
@@ -161,55 +164,3 @@ def init_parallel(tensor_parallel_degree: int = 1, sharding_parallel_degree: int
         sharding_group=hcg.get_sharding_parallel_group(),
     )
     return _CONTEXT
-
-
-@contextmanager
-def private_gloo_rendezvous():
-    """Workaround (paddle 3.3.1 on gloo): every gloo group meets in a key space of its own.
-
-    ProcessGroupGloo connects its full mesh through the launcher's shared TCP store under keys
-    that are only the group-local ranks ("0", "1", ...), with no group id in them (only its comm
-    context uses a per-group prefix). Groups on disjoint ranks then read each other's addresses:
-    fleet creates the TP groups [0, 1] and [2, 3] of TP=2 x DP=2 at the same moment, and a group
-    created after another can read the earlier one's value before its own member overwrites it.
-    Ranks connect to the wrong peer: `gloo/transport/tcp/pair.cc: connect [127.0.0.1]:N:
-    Connection refused`, `address.cc: sizeof(impl_) == bytes.size(). 136 vs 45`, or a TIMEOUT.
-    Every launch with two groups of one kind failed (4 processes at TP=2; 2-process launches
-    never have two; serialising the creations still failed 1 run in 10). Here each new group's
-    first member serves a TCP store of its own for the rendezvous and publishes its address in
-    the shared store under the group id. NCCL groups exchange ids under per-group keys already.
-    """
-    from paddle.base import core
-    from paddle.distributed import collective
-
-    original = collective._new_process_group_impl
-
-    def with_private_store(backend, store, rank, world_size, *args, group_id=0, **kwargs):
-        if backend != "gloo" or group_id == 0:  # the world group is the only one created alone
-            return original(backend, store, rank, world_size, *args, group_id=group_id, **kwargs)
-        key = f"paddlebloom/gloo_rendezvous/{group_id}"
-        if rank == 0:
-            host = os.environ.get("PADDLE_CURRENT_ENDPOINT", "127.0.0.1:0").rsplit(":", 1)[0]
-            with socket.socket() as probe:
-                probe.bind((host, 0))
-                port = probe.getsockname()[1]
-            store.set(key, f"{host}:{port}".encode())
-            own = core.TCPStore(host, port, True, world_size, 900)
-        else:
-            store.wait(key)
-            host, port = bytes(store.get(key)).decode().rsplit(":", 1)
-            own = core.TCPStore(host, int(port), False, world_size, 900)
-        _GROUP_STORES.append(own)  # the group keeps using it (its comm context's store)
-        return original(backend, own, rank, world_size, *args, group_id=group_id, **kwargs)
-
-    if device_for_backend() != "cpu":
-        yield
-        return
-    collective._new_process_group_impl = with_private_store
-    try:
-        yield
-    finally:
-        collective._new_process_group_impl = original
-
-
-_GROUP_STORES = []

@@ -12,16 +12,17 @@ import pytest
 
 from conftest import HF_PY, ROOT, launch, require_hf_venv, run_py
 from paddlebloom import corpus
-from paddlebloom.checkpoint import WEIGHTS, load_into, read_state_for_rank, save_weights
+from paddlebloom.checkpoint import load_into
 from paddlebloom.config import BloomConfig
-from paddlebloom.data.formats import TEMPLATES
 from paddlebloom.data.readers import DataError
+from paddlebloom.data.templates import TEMPLATES
 from paddlebloom.dpo.cli import parse_dpo_args, run_dpo
 from paddlebloom.dpo.data import collate_pairs, encode_preference, load_preferences, to_preference
 from paddlebloom.dpo.objective import PreferenceObjective
 from paddlebloom.dpo.reference import AdaptersOff, FrozenCopy
 from paddlebloom.model import BloomForCausalLM
 from paddlebloom.tokenizer import BloomTokenizer
+from paddlebloom.weights import WEIGHTS, read_state_for_rank, save_weights
 
 SCRIPT = os.path.join(ROOT, "finetune", "dpo.py")
 BELLE = TEMPLATES["belle"]
@@ -116,13 +117,14 @@ def test_loss_metrics_and_gradients_equal_trl(trl_results, tiny_dir, policy_dir,
 
 def test_lora_reference_is_the_base_model_with_adapters_off(tiny_dir):
     from paddlebloom.lora.config import LoRAConfig
-    from paddlebloom.lora.model import apply_lora, lora_state
+    from paddlebloom.lora.model import LoRA
 
     tok = BloomTokenizer.from_pretrained(tiny_dir)
     batch = [paddle.to_tensor(a) for a in collate_pairs([encode_preference(to_preference(p), tok, BELLE, 64, 16) for p in first_word_pairs(4, 1)], 3)]
     base = FrozenCopy(BloomConfig.load(tiny_dir), tiny_dir)
-    policy = apply_lora(load(tiny_dir), LoRAConfig(r=4, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("qkv,dense,dense_h_to_4h,dense_4h_to_h")))
-    for name, p in lora_state(policy).items():  # a trained-looking adapter (B starts at 0)
+    lora = LoRA(LoRAConfig(r=4, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("qkv,dense,dense_h_to_4h,dense_4h_to_h")))
+    policy = lora.apply(load(tiny_dir))
+    for name, p in lora.trainable_state(policy).items():  # a trained-looking adapter (B starts at 0)
         if name.endswith("lora_B"):
             p.set_value(paddle.normal(0, 0.05, p.shape))
     policy.train()

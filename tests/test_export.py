@@ -10,12 +10,13 @@ import paddle
 import pytest
 
 from conftest import ROOT, run_py
-from paddlebloom import corpus
-from paddlebloom.deploy.predictor import GenerationPredictor, Sampling, find_model
+from paddlebloom import corpus, workarounds
+from paddlebloom.deploy.predictor import GenerationPredictor, Sampling
 from paddlebloom.engine import sampler
 from paddlebloom.export.exporter import export_generation
 from paddlebloom.generation import GenerationConfig, generate_ids
 from paddlebloom.loading import load_model
+from paddlebloom.workarounds import find_model
 
 DEPLOY = os.path.join(ROOT, "deploy", "infer_generation.py")
 NEW = 12
@@ -62,20 +63,22 @@ def prompts(trained_tiny):
 @pytest.fixture(scope="module")
 def adapters(trained_tiny, tmp_path_factory):
     from paddlebloom.lora.config import LoRAConfig
-    from paddlebloom.lora.model import apply_lora, lora_state, save_lora
+    from paddlebloom.lora.model import LoRA
     from paddlebloom.prefix.config import PrefixConfig
-    from paddlebloom.prefix.model import PrefixModel, save_prefix
+    from paddlebloom.prefix.model import Prefix
 
     base = tmp_path_factory.mktemp("adapters")
     model, _, _ = load_model(trained_tiny)
-    model = apply_lora(model, LoRAConfig(r=4, target_modules=[".*query_key_value.*", ".*dense_4h_to_h.*"]), seed=3)
+    lora = LoRA(LoRAConfig(r=4, target_modules=[".*query_key_value.*", ".*dense_4h_to_h.*"]))
+    model = lora.apply(model, seed=3)
     rng = np.random.RandomState(4)
-    for name, p in lora_state(model).items():
+    for name, p in lora.trainable_state(model).items():
         if name.endswith("lora_B"):  # B starts at zero: a trained-looking adapter needs it non-zero
             p.set_value(rng.normal(0, 0.3, size=p.shape).astype("float32"))
-    save_lora(model, str(base / "lora"))
+    lora.save(model, str(base / "lora"))
     plain, _, _ = load_model(trained_tiny)
-    save_prefix(PrefixModel(plain, PrefixConfig(num_prefix_tokens=3, prefix_projection=True, prefix_projection_hidden_size=32), seed=5), str(base / "prefix"))
+    prefix = Prefix(PrefixConfig(num_prefix_tokens=3, prefix_projection=True, prefix_projection_hidden_size=32))
+    prefix.save(prefix.apply(plain, seed=5), str(base / "prefix"))
     return {"lora": str(base / "lora"), "prefix": str(base / "prefix")}
 
 
@@ -93,7 +96,7 @@ def test_export_writes_a_self_contained_directory(exported):
     names = set(os.listdir(exported))
     assert {"bloom.json", "bloom.pdiparams", "tokenizer.json", "generation_config.json", "export_info.json"} <= names, names
     assert not [n for n in os.listdir(os.path.dirname(exported)) if ".tmp-" in n]
-    assert find_model(exported, "bloom")[0].endswith("bloom.json")  # Paddle 3 writes PIR (STACK.md defect 7)
+    assert find_model(exported, "bloom")[0].endswith("bloom.json")  # Paddle 3 writes PIR (workarounds.find_model)
     with open(os.path.join(exported, "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == 2
     with open(os.path.join(exported, "export_info.json")) as f:
@@ -227,20 +230,18 @@ def test_temperature_top_k_top_p_on_logits():
 
 
 def test_mkl_avx2_only_on_amd_and_never_over_the_user(monkeypatch):
-    from paddlebloom import cpu
-
     # setenv first, so monkeypatch records the variable's original state and restores it: the
     # function under test writes os.environ itself, and a leaked "5" made MKL on an Intel CPU
     # train non-reproducibly in every later subprocess (test_kill_at_random_step_and_resume...).
     monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "unset")
     monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
-    monkeypatch.setattr(cpu, "_cpuinfo_field", lambda name: "fpu sse2 avx avx2 fma" if name == "flags" else "")
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "GenuineIntel")
-    assert not cpu.prefer_avx2_mkl_on_amd() and "MKL_DEBUG_CPU_TYPE" not in os.environ
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AuthenticAMD")
-    assert cpu.prefer_avx2_mkl_on_amd() and os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
+    monkeypatch.setattr(workarounds, "_cpuinfo_field", lambda name: "fpu sse2 avx avx2 fma" if name == "flags" else "")
+    monkeypatch.setattr(workarounds, "cpu_vendor", lambda: "GenuineIntel")
+    assert not workarounds.prefer_avx2_mkl_on_amd() and "MKL_DEBUG_CPU_TYPE" not in os.environ
+    monkeypatch.setattr(workarounds, "cpu_vendor", lambda: "AuthenticAMD")
+    assert workarounds.prefer_avx2_mkl_on_amd() and os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
     monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "4")
-    assert not cpu.prefer_avx2_mkl_on_amd() and os.environ["MKL_DEBUG_CPU_TYPE"] == "4"
+    assert not workarounds.prefer_avx2_mkl_on_amd() and os.environ["MKL_DEBUG_CPU_TYPE"] == "4"
     monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
-    monkeypatch.setattr(cpu, "_cpuinfo_field", lambda name: "fpu sse2 avx" if name == "flags" else "")
-    assert not cpu.prefer_avx2_mkl_on_amd()  # an AMD CPU without AVX2 keeps MKL's own choice
+    monkeypatch.setattr(workarounds, "_cpuinfo_field", lambda name: "fpu sse2 avx" if name == "flags" else "")
+    assert not workarounds.prefer_avx2_mkl_on_amd()  # an AMD CPU without AVX2 keeps MKL's own choice

@@ -12,7 +12,7 @@ import os
 import paddle
 
 from ..training.report import plot_metric_curves
-from ..training.trainer import TokenObjective, _sum_over_data_parallel
+from ..training.objective import TokenObjective, sum_over_data_parallel
 from .data import collate_pairs, load_preferences
 from .loss import preference_loss, sequence_logps
 from .reference import build_reference
@@ -69,8 +69,8 @@ class PreferenceObjective(TokenObjective):
 
     def step_metrics(self) -> dict:
         sums, self._step = self._step, {}
-        pairs = _sum_over_data_parallel(sums.pop("pairs", 0.0))
-        return {name: _sum_over_data_parallel(sums.get(name, 0.0)) / max(pairs, 1.0) for name in PAIR_METRICS}
+        pairs = sum_over_data_parallel(sums.pop("pairs", 0.0))
+        return {name: sum_over_data_parallel(sums.get(name, 0.0)) / max(pairs, 1.0) for name in PAIR_METRICS}
 
     def evaluate(self, model, examples, batch_size: int, pad_token_id: int) -> dict:
         training = model.training

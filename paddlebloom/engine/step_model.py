@@ -22,7 +22,6 @@ import paddle.nn.functional as F
 
 from ..ops import load as load_ops
 from ..ops.quantize import embedding_bf16, embedding_int8, linear_bf16, linear_fp32, linear_int8, quantize_int8, to_bf16
-from ..runtime import parallel_context
 from ..parallel.collectives import gather_from_tp
 
 WEIGHT_KINDS = ("float32", "bfloat16", "weight_only_int8")
@@ -115,7 +114,7 @@ class StepModel(nn.Layer):
         if kind not in WEIGHT_KINDS:
             raise ValueError(f"weights {kind}: choose from {', '.join(WEIGHT_KINDS)}")
         config = model.config
-        self.config, self.kind = config, kind
+        self.config, self.kind, self.parallel = config, kind, model.parallel
         bloom = model.bloom
         self.word_embeddings = bloom.word_embeddings if kind == "float32" else TiedEmbedding(bloom.word_embeddings.weight, kind)
         self.word_embeddings_layernorm = bloom.word_embeddings_layernorm
@@ -136,7 +135,7 @@ class StepModel(nn.Layer):
             picks = (lens - 1).clip(min=0).reshape([-1, 1])
         index = picks.unsqueeze(-1).expand([-1, -1, x.shape[-1]])
         hidden = self.ln_f(paddle.take_along_axis(x, index, axis=1))
-        if self.kind == "float32" and parallel_context().tp_degree == 1:
+        if self.kind == "float32" and self.parallel.tp_degree == 1:
             # our kernel reads the [vocab, hidden] table as stored (Paddle's transpose_y matmul: 2x slower at 8 rows)
             return linear_fp32(hidden, self.word_embeddings.weight)
-        return gather_from_tp(self.word_embeddings.logits(hidden)).astype("float32")
+        return gather_from_tp(self.word_embeddings.logits(hidden), self.parallel).astype("float32")

@@ -18,26 +18,20 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from ..checkpoint import atomic_directory, copy_tokenizer
-from ..deploy.predictor import find_model
-from ..engine.backends import STEP_INPUTS
+from ..adapter import adapter_of
+from ..atomic import atomic_directory
+from ..checkpoint import copy_tokenizer
+from ..engine.backends import STEP_INPUTS, step_inputs
 from ..engine.step_model import StepModel
 from ..loading import load_model, resolve_model_dir
 from ..ops import OpsUnavailable, load as load_ops
+from ..workarounds import find_model
 
 DTYPES = ("float32", "bfloat16")
 QUANT_TYPES = ("weight_only_int8",)
 PREFIX_KV = "prefix_kv.npy"
 GENERATION_DEFAULTS = {"decode_strategy": "greedy_search", "max_new_tokens": 64, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
                        "repetition_penalty": 1.0, "num_beams": 1, "length_penalty": 1.0}
-
-
-def stacked_prefix(prefix_model) -> np.ndarray:
-    """A prefix adapter's keys and values as [2 * n_layer, heads, n_prefix, head_dim] (keys first)."""
-    prefix_model.eval()  # no prefix dropout in what we bake in
-    with paddle.no_grad():
-        kv = prefix_model.prefix_past_key_values(1)
-    return np.stack([k.numpy()[0] for k, _ in kv] + [v.numpy()[0] for _, v in kv])
 
 
 def weight_kind(dtype: str, quant_type: Optional[str]) -> str:
@@ -51,14 +45,7 @@ def weight_kind(dtype: str, quant_type: Optional[str]) -> str:
 
 
 def step_input_spec(config, local_heads: int):
-    return [
-        InputSpec([None, None], "int64", name="input_ids"),
-        InputSpec([config.n_layer, 2, None, local_heads, None, config.head_dim], "float32", name="cache"),
-        InputSpec([None], "int64", name="slots"),
-        InputSpec([None], "int64", name="past"),
-        InputSpec([None], "int64", name="lens"),
-        InputSpec([None, None], "int64", name="picks"),
-    ]
+    return [InputSpec(shape, dtype, name=name) for name, shape, dtype in step_inputs(config.n_layer, local_heads, config.head_dim)]
 
 
 def export_generation(model_name_or_path: str, output_path: str, lora_path: Optional[str] = None, prefix_path: Optional[str] = None,
@@ -74,9 +61,7 @@ def export_generation(model_name_or_path: str, output_path: str, lora_path: Opti
         raise ValueError(f"cannot export: {e}") from None
     source = resolve_model_dir(model_name_or_path)
     model, tokenizer, config = load_model(source, lora_path=lora_path, prefix_path=prefix_path, merge_lora=True)
-    prefix_kv = None
-    if hasattr(model, "prefix_past_key_values"):
-        prefix_kv, model = stacked_prefix(model), model.model
+    model, prefix_kv = adapter_of(model).step_parts(model)  # the plain model; a prefix's keys/values
     step = StepModel(model, kind)
     static = paddle.jit.to_static(step, input_spec=step_input_spec(config, step.local_heads), full_graph=True)
     with atomic_directory(directory) as tmp:

@@ -42,4 +42,5 @@ class LoRAConfig:
         return out
 
     def matches(self, layer_name: str) -> bool:
-        return any(re.fullmatch(p, layer_name) for p in self.target_modules)
+        """Whether LoRA wraps this layer: one of BLOOM's linear layers, named by a target pattern."""
+        return layer_name.split(".")[-1] in BLOOM_LINEARS and any(re.fullmatch(p, layer_name) for p in self.target_modules)

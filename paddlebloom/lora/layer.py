@@ -13,7 +13,7 @@ import paddle
 import paddle.nn as nn
 
 from ..parallel.collectives import copy_to_tp, reduce_from_tp
-from ..parallel.layers import ColumnParallelLinear, RowParallelLinear
+from ..parallel.layers import ColumnParallelLinear, RowParallelLinear, split_along
 
 
 class LoRALinear(nn.Layer):
@@ -28,19 +28,24 @@ class LoRALinear(nn.Layer):
         # A: Kaiming-uniform (as peft); B: zeros, so training starts from the base model.
         self.lora_A = self.create_parameter([in_local, r], attr=paddle.ParamAttr(initializer=nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")))
         self.lora_B = self.create_parameter([r, out_local], attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+        if self.row_parallel:  # split like the base weight's input rows
+            split_along(self.lora_A, 0)
+        else:  # split like the base weight's output columns
+            split_along(self.lora_B, 1)
+        self.parallel = base.parallel
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout)
         self.merged = False
-        self.disabled = False  # lora.model.adapters_disabled: the base layer alone (DPO's reference)
+        self.disabled = False  # LoRA.disabled: the base layer alone (DPO's reference)
 
     def forward(self, x):
         y = self.base[0](x)
         if self.merged or self.disabled:
             return y
         if self.row_parallel:
-            low = reduce_from_tp(paddle.matmul(self.dropout(x), self.lora_A))
+            low = reduce_from_tp(paddle.matmul(self.dropout(x), self.lora_A), self.parallel)
         else:
-            low = copy_to_tp(paddle.matmul(self.dropout(x), self.lora_A))
+            low = copy_to_tp(paddle.matmul(self.dropout(x), self.lora_A), self.parallel)
         # Scale the rank-r activation, not the [tokens, out] product: r/out of the work.
         return y + paddle.matmul(low * self.scaling, self.lora_B)
 

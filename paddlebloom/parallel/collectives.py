@@ -7,15 +7,21 @@ Megatron-style tensor parallelism needs four autograd ops over the tensor-parall
   scatter_to_tp     forward split(last),      backward all-gather   (fleet: c_split)
 
 On NCCL (GPU) we call fleet's own fused ops: that is the upstream path, untouched.
-On gloo (CPU) fleet's ops do not run (STACK.md defect 3: ProcessGroupGLOO rejects
-`all_reduce with sync_op and use_calc_stream`, and c_identity / c_concat have no CPU kernel),
+On gloo (CPU) fleet's ops do not run (paddle 3.3.1: ProcessGroupGLOO rejects
+`all_reduce with sync_op and use_calc_stream`, and c_identity / c_concat have no CPU kernel;
+the README's "Upstream defects" table),
 so the same four ops are built from synchronous `paddle.distributed.all_reduce` / `all_gather`.
+Each op takes the parallel context of the model that calls it (the process's, from init_parallel,
+when none is given).
 """
+from typing import Optional
+
 import paddle
 import paddle.distributed as dist
 from paddle.autograd import PyLayer
+from paddle.distributed.fleet.layers.mpu import mp_ops
 
-from ..runtime import parallel_context
+from ..runtime import ParallelContext, parallel_context
 
 
 def _sum_all(x, group):
@@ -78,57 +84,45 @@ class _ScatterToTP(PyLayer):
         return _gather_last(grad, ctx.group, ctx.world)
 
 
-def _use_fleet_ops() -> bool:
-    return parallel_context().backend == "nccl"
-
-
-def copy_to_tp(x):
-    ctx = parallel_context()
+def copy_to_tp(x, parallel: Optional[ParallelContext] = None):
+    ctx = parallel or parallel_context()
     if ctx.tp_degree == 1:
         return x
-    if _use_fleet_ops():
-        from paddle.distributed.fleet.layers.mpu import mp_ops
-
+    if ctx.backend == "nccl":
         return mp_ops._c_identity(x, group=ctx.tp_group)
     return _CopyToTP.apply(x, ctx.tp_group)
 
 
-def reduce_from_tp(x):
-    ctx = parallel_context()
+def reduce_from_tp(x, parallel: Optional[ParallelContext] = None):
+    ctx = parallel or parallel_context()
     if ctx.tp_degree == 1:
         return x
-    if _use_fleet_ops():
-        from paddle.distributed.fleet.layers.mpu import mp_ops
-
+    if ctx.backend == "nccl":
         return mp_ops._mp_allreduce(x, group=ctx.tp_group, use_calc_stream=True, use_model_parallel=True)
     return _ReduceFromTP.apply(x, ctx.tp_group)
 
 
-def gather_from_tp(x):
-    ctx = parallel_context()
+def gather_from_tp(x, parallel: Optional[ParallelContext] = None):
+    ctx = parallel or parallel_context()
     if ctx.tp_degree == 1:
         return x
-    if _use_fleet_ops():
-        from paddle.distributed.fleet.layers.mpu import mp_ops
-
+    if ctx.backend == "nccl":
         return mp_ops._c_concat(x, group=ctx.tp_group)
     return _GatherFromTP.apply(x, ctx.tp_group, ctx.tp_rank, ctx.tp_degree)
 
 
-def scatter_to_tp(x):
-    ctx = parallel_context()
+def scatter_to_tp(x, parallel: Optional[ParallelContext] = None):
+    ctx = parallel or parallel_context()
     if ctx.tp_degree == 1:
         return x
-    if _use_fleet_ops():
-        from paddle.distributed.fleet.layers.mpu import mp_ops
-
+    if ctx.backend == "nccl":
         return mp_ops._c_split(x, group=ctx.tp_group)
     return _ScatterToTP.apply(x, ctx.tp_group, ctx.tp_rank, ctx.tp_degree)
 
 
-def max_over_tp(x):
+def max_over_tp(x, parallel: Optional[ParallelContext] = None):
     """Element-wise max across the group, no gradient (used to stabilise the parallel softmax)."""
-    ctx = parallel_context()
+    ctx = parallel or parallel_context()
     if ctx.tp_degree == 1:
         return x
     out = x.detach().clone()

@@ -16,9 +16,10 @@ import numpy as np
 from ..atomic import write_file_atomic
 from ..data.encode import IGNORE
 from ..evaluation.text_overlap import overlap_scores
-from ..generation import GenerationConfig, forget_step_engine, generate_ids
+from ..engine import GenerationConfig
+from ..generation import forget_step_engine, generate_ids
 from ..runtime import parallel_context
-from .trainer import TokenObjective
+from .objective import TokenObjective
 
 GENERATIONS_FILE = "eval_generations.jsonl"
 

@@ -4,8 +4,9 @@ import math
 import numpy as np
 import paddle
 import paddle.distributed as dist
+from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients_with_group
 
-from ..checkpoint import tp_axis
+from ..parallel.layers import split_axis
 from ..runtime import device_for_backend, parallel_context
 from .sharding import owned_parameters, reduce_gradients_to_owners, shard_optimizer_state
 
@@ -65,14 +66,14 @@ def clip_gradients(named_params, max_norm: float, optimizer=None) -> float:
     if ctx.sharding_degree > 1:
         mine = {p.name for p in owned_parameters(optimizer, [p for _, p in named_params])}
         named_params = [(n, p) for n, p in named_params if p.name in mine]
-    for name, p in named_params:
+    for _, p in named_params:
         if p.grad is None:
             continue
         g = p.grad
         # square, not `** 2`: Paddle's CPU pow kernel took 860 ms for the 41.6M gradients of a
         # H512/L8/V32000 BLOOM, square 23 ms (and its sum stays as accurate).
         sq = paddle.square(g.astype("float32")).sum().reshape([1])
-        if ctx.tp_degree > 1 and tp_axis(name, len(p.shape)) is not None:
+        if ctx.tp_degree > 1 and split_axis(p) is not None:
             split_sq = split_sq + sq
         else:
             replicated_sq = replicated_sq + sq
@@ -82,7 +83,7 @@ def clip_gradients(named_params, max_norm: float, optimizer=None) -> float:
         dist.all_reduce(replicated_sq, group=ctx.sharding_group)
     if ctx.tp_degree > 1:
         dist.all_reduce(split_sq, group=ctx.tp_group)
-    norm = float(paddle.sqrt(split_sq + replicated_sq))
+    norm = paddle.sqrt(split_sq + replicated_sq).item()
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         with paddle.no_grad():
@@ -132,8 +133,6 @@ def all_reduce_in_buckets(params, group, bucket_bytes: int = DP_BUCKET_BYTES) ->
     completion inside the call even with sync_op=False (measured), and fleet's hook-driven
     buckets (FusedCommBuffer) refuse CPU devices.
     """
-    from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients_with_group
-
     buckets = gradient_buckets(params, bucket_bytes)
     for bucket in buckets:
         if len(bucket) == 1:

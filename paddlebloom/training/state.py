@@ -1,7 +1,7 @@
 """Training checkpoints: write atomically, rotate, find the newest, restore exactly.
 
-checkpoint-N/ holds what the run trains (full weights in PaddleNLP's layout, or the LoRA /
-prefix adapter), the optimizer state of every tensor-parallel rank (optimizer.pdopt or
+checkpoint-N/ holds what the run trains (its adapter's directory: full weights in PaddleNLP's
+layout, or the LoRA / prefix adapter), the optimizer state of every tensor-parallel rank (optimizer.pdopt or
 optimizer.tpXX.pdopt; under sharding merged over the sharding group, so it loads at any
 sharding degree) and trainer_state.json. Data order, learning rate and dropout seeds are
 functions of the step number, so these files are all a resumed run needs to continue exactly.
@@ -16,8 +16,14 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ..checkpoint import load_into, merge_shards, save_checkpoint, split_for_rank
+from ..adapter import adapter_of
+from ..parallel.layers import split_axis
 from ..runtime import parallel_context
+from ..workarounds import (
+    check_optimizer_state_covers,
+    optimizer_state_by_parameter_path,
+    optimizer_state_by_tensor_name,
+)
 from .sharding import merged_optimizer_state
 
 STATE_FILE = "trainer_state.json"
@@ -56,11 +62,12 @@ def _numpy_state(optimizer) -> dict:
     return out
 
 
-def save_training_checkpoint(trained, optimizer, output_dir: str, step: int, state: dict, save_total_limit: int) -> str:
+def save_training_checkpoint(model, optimizer, output_dir: str, step: int, state: dict, save_total_limit: int) -> str:
     """Collective under tensor parallelism; returns the checkpoint directory."""
-    ctx = parallel_context()
+    ctx = model.parallel
     directory = os.path.join(output_dir, f"checkpoint-{step}")
-    whole = _by_parameter_path(merged_optimizer_state(_numpy_state(optimizer)), trained.model)  # collective over the sharding group
+    # merging is collective over the sharding group; files key the state by parameter path (workarounds.py)
+    whole = optimizer_state_by_parameter_path(merged_optimizer_state(_numpy_state(optimizer)), model)
     opt_states = [whole]
     if ctx.tp_degree > 1:
         opt_states = []
@@ -72,16 +79,16 @@ def save_training_checkpoint(trained, optimizer, output_dir: str, step: int, sta
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump({**state, "global_step": step, "tensor_parallel_degree": ctx.tp_degree, "sharding_parallel_degree": ctx.sharding_degree}, f, indent=2)
 
-    trained.save(directory, extra)
+    adapter_of(model).save(model, directory, extra)
     if ctx.is_main and save_total_limit > 0:
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
-def restore_training_checkpoint(trained, optimizer, directory: str) -> dict:
+def restore_training_checkpoint(model, optimizer, directory: str) -> dict:
     """Load weights, optimizer state (this rank's) and trainer state; returns the trainer state."""
-    ctx = parallel_context()
+    ctx = model.parallel
     with open(os.path.join(directory, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
     saved_tp = state.get("tensor_parallel_degree", 1)
@@ -89,89 +96,28 @@ def restore_training_checkpoint(trained, optimizer, directory: str) -> dict:
     if saved_tp == ctx.tp_degree:
         opt = paddle.load(files[ctx.tp_rank], return_numpy=True)
     else:
-        opt = _resplit_over_tensor_parallel([paddle.load(f, return_numpy=True) for f in files], directory)
-    trained.load(directory)
-    opt = _by_tensor_name(opt, trained.model)
-    _check_covers_parameters(opt, optimizer, files[0])
+        opt = _resplit_over_tensor_parallel([paddle.load(f, return_numpy=True) for f in files], directory, model)
+    adapter_of(model).load_weights(model, directory)
+    opt = optimizer_state_by_tensor_name(opt, model)
+    check_optimizer_state_covers(opt, optimizer, files[0])
     # a sharded optimizer (fleet's set_state_dict) keeps the entries of the parameters it owns
     optimizer.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in opt.items()})
     return state
 
 
-# Paddle keys optimizer state by generated tensor names (linear_7.w_0_moment1_0) that count the
-# layers a process built before: a process that built another model first (a test, a reference
-# model) would not find its state. Files key it by parameter path instead
-# (bloom.h.0.mlp.dense_4h_to_h.weight/moment1_0); files written before that load as they are.
-
-def _by_parameter_path(opt: dict, model) -> dict:
-    paths = {p.name: path for path, p in model.named_parameters()}
-    by_length = sorted(paths, key=len, reverse=True)
-    out = {}
-    for key, value in opt.items():
-        tensor = next((n for n in by_length if key.startswith(n + "_")), None)
-        out[key if tensor is None else f"{paths[tensor]}/{key[len(tensor) + 1:]}"] = value
-    return out
-
-
-def _by_tensor_name(opt: dict, model) -> dict:
-    names = {path: p.name for path, p in model.named_parameters()}
-    out = {}
-    for key, value in opt.items():
-        path, _, accumulator = key.rpartition("/")
-        out[f"{names[path]}_{accumulator}" if path in names else key] = value
-    return out
-
-
-def _resplit_over_tensor_parallel(parts, directory: str) -> dict:
+def _resplit_over_tensor_parallel(parts, directory: str, model) -> dict:
     """This rank's optimizer state at the running TP degree from the files of another degree:
     moments are merged and split like their parameters, beta powers are the same on every rank."""
-    ctx = parallel_context()
+    ctx = model.parallel
     if not all("/" in k for k in parts[0] if isinstance(parts[0][k], np.ndarray)):
         raise ValueError(f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; resume at that degree")
-    out = {k: v for k, v in parts[0].items() if not isinstance(v, np.ndarray) or "pow_acc" in k}
-    for accumulator in sorted({k.rpartition("/")[2] for k in parts[0] if k not in out}):
-        shards = [{k.rpartition("/")[0]: v for k, v in part.items() if k.endswith("/" + accumulator)} for part in parts]
-        mine = split_for_rank(merge_shards(shards), ctx.tp_degree, ctx.tp_rank)
-        out.update({f"{path}/{accumulator}": v for path, v in mine.items()})
+    axes = {path: split_axis(param) for path, param in model.named_parameters()}
+    out = {}
+    for key, value in parts[0].items():
+        axis = axes.get(key.rpartition("/")[0]) if isinstance(value, np.ndarray) and "pow_acc" not in key else None
+        if axis is None:
+            out[key] = value
+        else:
+            merged = np.concatenate([part[key] for part in parts], axis=axis)
+            out[key] = np.split(merged, ctx.tp_degree, axis=axis)[ctx.tp_rank]
     return out
-
-
-def _check_covers_parameters(opt: dict, optimizer, path: str) -> None:
-    """Paddle's set_state_dict silently ignores entries that match no parameter (a fresh Adam
-    state would resume without a word): refuse a file that lacks a trained parameter's state."""
-    if not any(isinstance(v, np.ndarray) for v in opt.values()):
-        return  # written before the first optimizer step
-    for p in optimizer._parameter_list:
-        if not any(k.startswith(p.name + "_") for k in opt):
-            raise ValueError(f"{path}: no optimizer state for parameter {p.name} {list(p.shape)}: the checkpoint was written for other trained parameters")
-
-
-class TrainedPart:
-    """What a run trains and therefore saves: the whole model, a LoRA adapter, or a prefix."""
-
-    def __init__(self, kind: str, model, config, tokenizer_dir: str, merge: bool = True):
-        self.kind, self.model, self.config, self.tokenizer_dir, self.merge = kind, model, config, tokenizer_dir, merge
-
-    def save(self, directory: str, extra=None) -> None:
-        if self.kind == "lora":
-            from ..lora.model import save_lora
-
-            save_lora(self.model, directory, extra)
-        elif self.kind == "prefix":
-            from ..prefix.model import save_prefix
-
-            save_prefix(self.model, directory, extra)
-        else:
-            save_checkpoint(self.model, directory, self.config, self.tokenizer_dir, merge=self.merge, extra=extra)
-
-    def load(self, directory: str) -> None:
-        if self.kind == "lora":
-            from ..lora.model import set_lora_weights
-
-            set_lora_weights(self.model, directory)
-        elif self.kind == "prefix":
-            from ..prefix.model import set_prefix_weights
-
-            set_prefix_weights(self.model, directory)
-        else:
-            load_into(self.model, directory)

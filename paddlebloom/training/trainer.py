@@ -9,21 +9,27 @@ import shutil
 import sys
 
 import paddle
-import paddle.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import load_into, save_checkpoint
+from ..adapter import Adapter, FullTuning, adapter_of
+from ..checkpoint import load_into
 from ..config import BloomConfig
-from ..data.dataset import BatchPlan, collate, load_examples
-from ..data.formats import get_template
+from ..data.dataset import BatchPlan
+from ..data.templates import get_template
 from ..loading import resolve_model_dir
+from ..lora.config import LoRAConfig
+from ..lora.model import LoRA
 from ..model import BloomForCausalLM
-from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
+from ..prefix.config import PrefixConfig
+from ..prefix.model import Prefix
+from ..runtime import ParallelContext, init_parallel, parallel_context, quiet, use_all_cores
 from ..tokenizer import BloomTokenizer
+from .generation_eval import GenerationEval
+from .objective import TokenObjective, sum_over_data_parallel
 from .optim import autocast, build_optimizer, check_precision, clip_gradients, grad_scaler, sum_gradients_over_data_parallel
 from .report import plot_loss_curve, write_metrics
 from .sharding import optimizer_state_bytes_per_rank, resolve_sharding_degree
-from .state import TrainedPart, newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
+from .state import newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
 
 
 def log(message: str) -> None:
@@ -32,104 +38,33 @@ def log(message: str) -> None:
         sys.stdout.flush()
 
 
-def build_model(args, config: BloomConfig, model_dir: str):
-    """The model with what this run trains attached; returns (model, kind)."""
-    model = BloomForCausalLM(config)
-    load_into(model, model_dir)
-    kind = "full"
+def choose_adapter(args, model_dir: str):
+    """What this run trains, from its flags: (the adapter, the adapter directory it continues or None)."""
     if args.lora:
-        from ..lora.config import LoRAConfig
-        from ..lora.model import apply_lora, load_lora
-
-        kind = "lora"
         if args.lora_path:
-            model = load_lora(model, args.lora_path, merge=False)
-        else:
-            lora = LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                              target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
-                              merge_weights=args.merge_weights, base_model_name_or_path=args.model_name_or_path)
-            model = apply_lora(model, lora, seed=args.seed)
-    elif args.prefix:
-        from ..prefix.config import PrefixConfig
-        from ..prefix.model import PrefixModel, load_prefix
-
-        kind = "prefix"
+            return LoRA.from_directory(args.lora_path), args.lora_path
+        return LoRA(LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                               target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
+                               merge_weights=args.merge_weights, base_model_name_or_path=args.model_name_or_path)), None
+    if args.prefix:
         if args.prefix_path:
-            model = load_prefix(model, args.prefix_path)
-        else:
-            model = PrefixModel(model, PrefixConfig(num_prefix_tokens=args.num_prefix_tokens, prefix_projection=args.prefix_projection,
-                                                    prefix_projection_hidden_size=args.prefix_projection_hidden_size,
-                                                    base_model_name_or_path=args.model_name_or_path), seed=args.seed)
+            return Prefix.from_directory(args.prefix_path), args.prefix_path
+        return Prefix(PrefixConfig(num_prefix_tokens=args.num_prefix_tokens, prefix_projection=args.prefix_projection,
+                                   prefix_projection_hidden_size=args.prefix_projection_hidden_size,
+                                   base_model_name_or_path=args.model_name_or_path)), None
+    return FullTuning(tokenizer_dir=model_dir, shards=args.save_shards), None
+
+
+def build_model(args, config: BloomConfig, model_dir: str, parallel: ParallelContext):
+    """The model for `parallel` with what this run trains attached (`adapter_of(model)` names it)."""
+    model = BloomForCausalLM(config, parallel=parallel)
+    load_into(model, model_dir)
+    adapter, continued = choose_adapter(args, model_dir)
+    model = adapter.apply(model, seed=args.seed)
+    if continued:
+        adapter.load_weights(model, continued)
     model.set_recompute(args.recompute)
-    return model, kind
-
-
-def evaluate(model, examples, batch_size: int, pad_token_id: int) -> dict:
-    """Mean token NLL (no label smoothing) and perplexity over the examples."""
-    model.eval()
-    total, count = 0.0, 0.0
-    with paddle.no_grad():
-        for start in range(0, len(examples), batch_size):
-            ids, mask, labels = (paddle.to_tensor(a) for a in collate(examples[start : start + batch_size], pad_token_id))
-            out = model(ids, attention_mask=mask, labels=labels, return_logits=False)
-            total += float(out.loss) * float(out.n_tokens)
-            count += float(out.n_tokens)
-    model.train()
-    loss = total / max(count, 1.0)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
-
-
-class TokenObjective:
-    """What supervised fine-tuning learns: mean token NLL, every scored token of a step weighing the same.
-
-    The trainer asks its objective for everything that depends on what is learned (examples,
-    batches, the loss, evaluation, extra reports), so other objectives (paddlebloom.dpo) reuse
-    the loop, checkpoints, resume and reports as they are.
-    """
-
-    title, loss_label = "fine-tuning", "loss (nats / token)"
-
-    def load(self, files, tokenizer, template, args, show_progress: bool):
-        return load_examples(files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show_progress)
-
-    def attach(self, model, args, config, model_dir: str) -> None:
-        """Called once the trained model is built (an objective may need a reference model)."""
-
-    def collate(self, examples, pad_token_id: int):
-        return collate(examples, pad_token_id)
-
-    def units(self, batch) -> float:
-        """How much a micro-batch weighs in its step's mean loss (here: scored tokens)."""
-        return float((batch[2] != -100).sum())
-
-    def loss(self, model, batch, args):
-        ids, mask, labels = (paddle.to_tensor(a) for a in batch)
-        return model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False).loss
-
-    def step_metrics(self) -> dict:
-        """Metrics of the step just taken, beyond loss, learning rate and gradient norm."""
-        return {}
-
-    def evaluate(self, model, examples, batch_size: int, pad_token_id: int) -> dict:
-        return evaluate(model, examples, batch_size, pad_token_id)
-
-    def describe(self, result: dict) -> str:
-        return f"eval loss {result['eval_loss']:.4f} ppl {result['eval_ppl']:.2f}"
-
-    def report(self, output_dir: str, metrics: dict, title: str) -> None:
-        """Plots beyond loss_curve.png."""
-
-
-def _sum_over_data_parallel(value: float) -> float:
-    """Summed over every rank reading its own data: data-parallel and sharding ranks."""
-    ctx = parallel_context()
-    if ctx.data_degree == 1:
-        return value
-    t = paddle.to_tensor([value], dtype="float64")
-    for group, degree in ((ctx.dp_group, ctx.dp_degree), (ctx.sharding_group, ctx.sharding_degree)):
-        if degree > 1:
-            dist.all_reduce(t, group=group)
-    return float(t)
+    return model
 
 
 def train_step(model, optimizer, named, batches, args, scaler=None, objective=None):
@@ -140,7 +75,7 @@ def train_step(model, optimizer, named, batches, args, scaler=None, objective=No
     micro-batch weighs: tokens here, preference pairs for DPO).
     """
     objective = objective or TokenObjective()
-    step_units = _sum_over_data_parallel(sum(objective.units(batch) for batch in batches))
+    step_units = sum_over_data_parallel(sum(objective.units(batch) for batch in batches))
     loss_sum = 0.0
     for batch in batches:
         units = objective.units(batch)
@@ -160,14 +95,14 @@ def train_step(model, optimizer, named, batches, args, scaler=None, objective=No
     else:
         optimizer.step()
     optimizer.clear_grad()
-    return _sum_over_data_parallel(loss_sum) / max(step_units, 1.0), norm, lr
+    return sum_over_data_parallel(loss_sum) / max(step_units, 1.0), norm, lr
 
 
-def _save_final(trained: TrainedPart, output_dir: str) -> None:
+def _save_final(adapter: Adapter, model, output_dir: str) -> None:
     """Write the final model into output_dir beside its checkpoints, file by file atomically."""
     staging = os.path.join(output_dir, ".final.tmp-run")
-    trained.save(staging)
-    if parallel_context().is_main:
+    adapter.save(model, staging)
+    if model.parallel.is_main:
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
         shutil.rmtree(staging, ignore_errors=True)
@@ -175,8 +110,6 @@ def _save_final(trained: TrainedPart, output_dir: str) -> None:
 
 def run(args, objective=None) -> dict:
     if objective is None and getattr(args, "do_generation", False):
-        from .generation_eval import GenerationEval  # imports this module
-
         objective = GenerationEval(args)
     objective = objective or TokenObjective()
     quiet()
@@ -194,13 +127,15 @@ def run(args, objective=None) -> dict:
     eval_set = load(args.validation_file) if args.validation_file else []
 
     paddle.seed(args.seed)
-    model, kind = build_model(args, config, model_dir)
+    model = build_model(args, config, model_dir, ctx)
+    kind = adapter_of(model).name
     objective.attach(model, args, config, model_dir)
-    trained = TrainedPart(kind, model, config, model_dir, merge=not args.save_shards)
     metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": [],
                "data_parallel_degree": ctx.dp_degree, "sharding_parallel_degree": ctx.sharding_degree}
     if args.do_train:
-        metrics.update(train(args, model, trained, train_set, eval_set, tokenizer.pad_token_id, objective))
+        metrics.update(train(args, model, train_set, eval_set, tokenizer.pad_token_id, objective))
+        if args.lora and args.merge_weights:  # LoRA's flag: also the base model with the adapter folded in
+            adapter_of(model).save_merged(model, os.path.join(args.output_dir, "merged_model"), model_dir)
     if args.do_eval:
         metrics["final_eval"] = objective.evaluate(model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id)
         log(objective.describe(metrics["final_eval"]))
@@ -213,9 +148,10 @@ def run(args, objective=None) -> dict:
     return metrics
 
 
-def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: int, objective=None) -> dict:
+def train(args, model, train_set, eval_set, pad_token_id: int, objective=None) -> dict:
+    """The optimizer steps; checkpoints and the final model are written by the model's adapter."""
     objective = objective or TokenObjective()
-    ctx = parallel_context()
+    ctx, adapter = model.parallel, adapter_of(model)
     plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.data_degree, ctx.data_rank, args.seed)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
     optimizer, schedule, named = build_optimizer(model, args, total_steps)
@@ -225,12 +161,12 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
     resume = args.resume_from_checkpoint or (None if args.overwrite_output_dir else newest_checkpoint(args.output_dir))
     history, eval_history, start = [], [], 0
     if resume:
-        state = restore_training_checkpoint(trained, optimizer, resume)
+        state = restore_training_checkpoint(model, optimizer, resume)
         start, history, eval_history = state["global_step"], state["train_history"], state["eval_history"]
         schedule.step(start)
         log(f"resumed from {resume} at step {start}")
     model.train()
-    bar = tqdm(total=total_steps, initial=start, desc=f"{trained.kind} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
+    bar = tqdm(total=total_steps, initial=start, desc=f"{adapter.name} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
     for step in range(start, total_steps):
         paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
         batches = [objective.collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
@@ -249,14 +185,10 @@ def train(args, model, trained: TrainedPart, train_set, eval_set, pad_token_id: 
             log(f"step {step + 1} {objective.describe(result)}")
         if args.save_steps and (step + 1) % args.save_steps == 0:
             state = {"train_history": history, "eval_history": eval_history, "seed": args.seed}
-            path = save_training_checkpoint(trained, optimizer, args.output_dir, step + 1, state, args.save_total_limit)
+            path = save_training_checkpoint(model, optimizer, args.output_dir, step + 1, state, args.save_total_limit)
             log(f"saved {path}")
     bar.close()
-    _save_final(trained, args.output_dir)
-    if trained.kind == "lora" and args.merge_weights:
-        from ..lora.model import merge_lora
-
-        save_checkpoint(merge_lora(model), os.path.join(args.output_dir, "merged_model"), trained.config, trained.tokenizer_dir)
+    _save_final(adapter, model, args.output_dir)
     first, last = (history[0]["loss"], history[-1]["loss"]) if history else (None, None)
     log(f"done: {len(history)} steps, loss {first} -> {last}; model in {args.output_dir}")
     state_bytes = optimizer_state_bytes_per_rank(optimizer)
