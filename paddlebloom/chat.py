@@ -5,24 +5,14 @@ when it no longer fits in --src_length tokens the oldest turns are dropped first
 """
 import argparse
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from .cli import run_main
-from .data.encode import drop_oldest_turns, turn_pieces
-from .data.formats import get_template
+from .data.encode import build_prompt
+from .data.templates import get_template
 from .generation import add_generation_flags, generate_ids, generation_config
 from .loading import load_model
 from .runtime import quiet, use_all_cores
-
-
-def build_prompt(tokenizer, template, history: List[Tuple[str, str]], query: str, src_length: int, system: Optional[str] = None) -> List[int]:
-    """Token ids of the system prompt + history + query, dropping the oldest turns until it fits
-    (the system prompt stays with the first kept turn; the query alone is cut from the left as a
-    last resort). The pieces are paddlebloom.data.encode's, so the ids are exactly those of a
-    multi-turn training example up to its last answer."""
-    turns = list(history) + [(query, None)]
-    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, src_length)
-    return [t for prompt, answer in pieces for t in prompt + answer][-src_length:]
 
 
 class StreamPrinter:

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
@@ -103,8 +103,6 @@ def _byte_symbols() -> Dict[str, int]:
 
 def train_byte_level_bpe(texts: Sequence[str], vocab_size: int) -> BloomTokenizer:
     """Train a BLOOM-style tokenizer: the 4 special tokens first, all 256 byte symbols, then merges."""
-    from tokenizers import trainers
-
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()

@@ -12,7 +12,7 @@ import pytest
 from conftest import HF_PY, ROOT, require_hf_venv, run_py, shared_file, start_server
 from paddlebloom import corpus
 from paddlebloom.chat import build_prompt
-from paddlebloom.data.formats import get_template
+from paddlebloom.data.templates import get_template
 from paddlebloom.loading import load_model
 from paddlebloom.serving.responses import token_name
 

@@ -7,8 +7,9 @@ import pytest
 from paddlebloom.chat import build_prompt
 from paddlebloom.data.dataset import BatchPlan, collate, load_examples
 from paddlebloom.data.encode import IGNORE, encode_turns
-from paddlebloom.data.formats import TEMPLATES, prompt_for_prediction, to_dialogue
+from paddlebloom.data.formats import prompt_for_prediction, to_dialogue
 from paddlebloom.data.readers import DataError, iter_records
+from paddlebloom.data.templates import TEMPLATES
 from paddlebloom.tokenizer import BloomTokenizer
 
 BELLE = TEMPLATES["belle"]

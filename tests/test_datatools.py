@@ -8,8 +8,9 @@ import pytest
 
 from conftest import run_py, shared_file
 from paddlebloom import corpus
-from paddlebloom.data.formats import TEMPLATES, to_dialogue
+from paddlebloom.data.formats import to_dialogue
 from paddlebloom.data.readers import DataError, iter_records
+from paddlebloom.data.templates import TEMPLATES
 
 
 def test_sample_streams_a_100k_line_file_in_little_memory(tmp_path):

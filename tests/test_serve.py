@@ -90,7 +90,7 @@ def test_streaming_delivers_the_same_text_in_pieces(server, prompts, reference):
 
 def test_chat_uses_the_template_and_history(server, exported_tiny, prompts, tmp_path):
     from paddlebloom.chat import build_prompt
-    from paddlebloom.data.formats import get_template
+    from paddlebloom.data.templates import get_template
     from paddlebloom.tokenizer import BloomTokenizer
 
     data = tmp_path / "in.jsonl"
@@ -369,7 +369,8 @@ def test_chat_system_prompt_is_the_templates_as_in_training(exported_tiny):
     """A leading system message goes into the template's system slot: the server's prompt ids are
     those of the same conversation as a training record ({"messages": ...}) up to its last answer."""
     from paddlebloom.data.encode import encode_turns
-    from paddlebloom.data.formats import get_template, to_dialogue
+    from paddlebloom.data.formats import to_dialogue
+    from paddlebloom.data.templates import get_template
     from paddlebloom.serving.api import Limits, parse_chat
     from paddlebloom.tokenizer import BloomTokenizer
 

@@ -11,8 +11,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .encode import IGNORE, encode_turns, template_overhead
-from .formats import Template, to_dialogue
+from .formats import to_dialogue
+from .pretokenized import check_compatible, is_pretokenized, load_pretokenized
 from .readers import DataError, iter_records
+from .templates import Template
 
 Example = Tuple[np.ndarray, np.ndarray]
 
@@ -39,8 +41,6 @@ def load_examples(paths: Sequence[str], tokenizer, template: Template, src_lengt
     check_src_length(tokenizer, template, src_length)
     examples: List[Example] = []
     for path in paths:
-        from .pretokenized import check_compatible, is_pretokenized, load_pretokenized
-
         if is_pretokenized(path):
             check_compatible(path, tokenizer, template.name, src_length, tgt_length)
             examples += load_pretokenized(path)

@@ -1,7 +1,8 @@
 """Turns → (input_ids, labels): shifted, prompts masked, truncated the way users expect.
 
 - labels are shifted here (labels[t] = ids[t + 1]) because BLOOM does not shift inside the model
-  (STACK.md defect 2); prompt positions are -100 so only responses are learned.
+  (paddlenlp's BloomForCausalLM scores position t against token t); prompt positions are -100 so
+  only responses are learned.
 - a single turn: the source keeps its last `src_length` tokens (the question's end matters
   most), the target its first `tgt_length` (EOS kept when the target fits).
 - several turns: the earliest turns are dropped first until src_length + tgt_length fits; the
@@ -10,14 +11,15 @@
 - a system prompt (or the template's default opening) is part of the first kept turn's prompt:
   masked like every prompt, and kept when earlier turns are dropped.
 
-Chat (paddlebloom.chat.build_prompt) builds its prompts from the same pieces, so a conversation
-is tokenised the same way when it is trained on and when it is continued.
+`build_prompt` (the chat CLI and the serving API's chat endpoint) builds its prompts from the same
+pieces, so a conversation is tokenised the same way when it is trained on and when it is continued.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .formats import Template, Turn
+from .formats import Turn
+from .templates import Template
 
 IGNORE = -100
 Piece = Tuple[List[int], List[int]]  # (prompt ids, answer ids + EOS; [] for the answer still to come)
@@ -62,6 +64,16 @@ def encode_turns(turns: Sequence[Turn], tokenizer, template: Template, src_lengt
     ids = np.asarray(ids, dtype=np.int32)
     labels = np.where(np.asarray(scored[1:], dtype=bool), ids[1:], IGNORE).astype(np.int32)
     return ids[:-1], labels
+
+
+def build_prompt(tokenizer, template: Template, history: List[Tuple[str, str]], query: str, src_length: int, system: Optional[str] = None) -> List[int]:
+    """Token ids of the system prompt + history + query, dropping the oldest turns until it fits
+    (the system prompt stays with the first kept turn; the query alone is cut from the left as a
+    last resort). The pieces are those of `encode_turns`, so the ids are exactly those of a
+    multi-turn training example up to its last answer."""
+    turns = list(history) + [(query, None)]
+    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, src_length)
+    return [t for prompt, answer in pieces for t in prompt + answer][-src_length:]
 
 
 def template_overhead(tokenizer, template: Template) -> int:

@@ -10,6 +10,9 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from ..atomic import atomic_directory
+from .readers import DataError
+
 MAGIC = "paddlebloom-pretokenized-v1"
 
 
@@ -22,8 +25,6 @@ def is_pretokenized(path: str) -> bool:
 
 
 def write_pretokenized(examples: Sequence[Tuple[np.ndarray, np.ndarray]], directory: str, meta: dict) -> None:
-    from ..checkpoint import atomic_directory
-
     lengths = np.asarray([len(x) for x, _ in examples], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     with atomic_directory(directory) as tmp:
@@ -36,8 +37,6 @@ def write_pretokenized(examples: Sequence[Tuple[np.ndarray, np.ndarray]], direct
 
 def check_compatible(directory: str, tokenizer, template_name: str, src_length: int, tgt_length: int) -> None:
     """A store is only valid for the tokenizer, template and lengths it was made with."""
-    from .readers import DataError
-
     with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     if meta.get("tokenizer") != tokenizer.fingerprint():

@@ -1,7 +1,9 @@
 """finetune/dpo.py's flags: the fine-tuning flags (same names, same meaning) plus DPO's own."""
 from ..training.arguments import build_parser, parse_args
+from ..training.trainer import run
 from .data import PREFERENCE_FORMATS
 from .loss import LOSS_TYPES
+from .objective import PreferenceObjective
 
 
 def build_dpo_parser():
@@ -31,7 +33,4 @@ def parse_dpo_args(argv=None):
 
 
 def run_dpo(args) -> dict:
-    from ..training.trainer import run
-    from .objective import PreferenceObjective
-
     return run(args, PreferenceObjective(args.beta, args.loss_type, args.label_smoothing))

@@ -23,8 +23,9 @@ import numpy as np
 
 from ..data.dataset import check_src_length, collate, iter_file_records
 from ..data.encode import IGNORE, encode_turns
-from ..data.formats import ASSISTANT, MESSAGE_KEYS, ROLES, Dialogue, Template, to_dialogue
+from ..data.formats import ASSISTANT, MESSAGE_KEYS, ROLES, Dialogue, to_dialogue
 from ..data.readers import DataError
+from ..data.templates import Template
 
 PREFERENCE_FORMATS = ("trl", "alpaca", "sharegpt", "paddlenlp")
 # (chosen input_ids, chosen labels, rejected input_ids, rejected labels): only the final answer scored

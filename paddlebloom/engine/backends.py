@@ -7,8 +7,23 @@ import json
 import os
 
 import numpy as np
+import paddle
 
-STEP_INPUTS = ("input_ids", "cache", "slots", "past", "lens", "picks")  # the exported step program's feed names, in order
+
+def step_inputs(n_layer: int, local_heads: int, head_dim: int):
+    """The step program's inputs in feed order, as (name, shape, dtype); None is a size that varies
+    per call. The exporter declares them, InferenceBackend feeds them, StepModel.forward takes them."""
+    return [
+        ("input_ids", [None, None], "int64"),
+        ("cache", [n_layer, 2, None, local_heads, None, head_dim], "float32"),  # the engine's KVCache, shared not copied
+        ("slots", [None], "int64"),
+        ("past", [None], "int64"),
+        ("lens", [None], "int64"),
+        ("picks", [None, None], "int64"),
+    ]
+
+
+STEP_INPUTS = tuple(name for name, _, _ in step_inputs(0, 0, 0))
 
 
 class EagerBackend:
@@ -21,8 +36,6 @@ class EagerBackend:
         self.vocab_size, self.cache_dtype = config.vocab_size, "float32"
 
     def forward(self, ids, cache, slots, past, lens, picks) -> np.ndarray:
-        import paddle
-
         with paddle.no_grad():
             logits = self.model(paddle.to_tensor(ids), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens, picks)))
         return logits.numpy()
@@ -38,11 +51,12 @@ class InferenceBackend:
         self._handles = {name: predictor.get_input_handle(name) for name in STEP_INPUTS}
         self._output = predictor.get_output_handle(predictor.get_output_names()[0])
 
-    def forward(self, ids, cache, slots, past, lens, picks) -> np.ndarray:
-        h = self._handles
-        h["cache"].share_external_data(cache.tensor)  # zero-copy: the program writes the new keys/values into it
-        for name, value in (("input_ids", ids), ("slots", slots), ("past", past), ("lens", lens), ("picks", picks)):
-            h[name].copy_from_cpu(value)
+    def forward(self, *inputs) -> np.ndarray:
+        for name, value in zip(STEP_INPUTS, inputs, strict=True):
+            if name == "cache":
+                self._handles[name].share_external_data(value.tensor)  # zero-copy: the program writes the new keys/values into it
+            else:
+                self._handles[name].copy_from_cpu(value)
         self.predictor.run()
         return self._output.copy_to_cpu()
 

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence as Seq, Set, Tuple
 import numpy as np
 
 from . import sampler
+from .beam import beam_search
 from .kv_cache import KVCache
 from .settings import GenerationConfig
 
@@ -180,8 +181,6 @@ class StepEngine:
         (None where a prompt produced nothing in that step)."""
         config.validate()
         if config.decode_strategy == "beam_search":
-            from .beam import beam_search
-
             return [beam_search(self, p, config) for p in prompts]
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be continued")

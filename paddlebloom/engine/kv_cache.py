@@ -9,6 +9,7 @@ A slot is a request's for its whole life; the engine tracks how many positions a
 from typing import List, Optional
 
 import numpy as np
+import paddle
 
 
 class SlotsExhausted(RuntimeError):
@@ -32,8 +33,6 @@ class KVCache:
     def tensor(self):
         """The same memory as a paddle Tensor (created once per allocation)."""
         if self._tensor is None:
-            import paddle
-
             self._tensor = paddle.utils.dlpack.from_dlpack(self.array.__dlpack__())
             if self._tensor.data_ptr() != self.array.ctypes.data:  # a copy would silently lose every write
                 raise RuntimeError("paddle copied the KV cache instead of sharing it")

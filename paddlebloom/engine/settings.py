@@ -1,6 +1,7 @@
-"""Generation settings: one type for predict, chat, export defaults, deploy and serving."""
-from dataclasses import dataclass
-from typing import Optional
+"""Generation settings: one type for predict, chat, export defaults, deploy and serving, and the
+decoding flags of every command line that generates (their values become a GenerationConfig)."""
+from dataclasses import dataclass, fields
+from typing import Mapping, Optional, Sequence
 
 STRATEGIES = ("greedy_search", "sampling", "beam_search")
 
@@ -49,3 +50,35 @@ class GenerationConfig:
             raise ValueError("--decode_strategy beam_search needs --num_beams >= 2")
         if self.num_beams > 1 and self.decode_strategy != "beam_search":
             raise ValueError(f"--num_beams {self.num_beams} goes with --decode_strategy beam_search")
+
+
+def add_decoding_flags(group, defaults: Mapping[str, object], max_new_tokens_aliases: Sequence[str] = ()) -> None:
+    """--max_new_tokens, --decode_strategy ... --seed: one flag per GenerationConfig field a user sets.
+
+    A flag missing from `defaults` defaults to None, for `from_flags` to fill in (deploy: from the
+    exported generation_config.json)."""
+    def add(name, type_, help_=None, aliases=(), **kw):
+        group.add_argument(f"--{name}", *aliases, dest=name, type=type_, default=defaults.get(name), help=help_, **kw)
+
+    add("max_new_tokens", int, aliases=max_new_tokens_aliases)
+    add("decode_strategy", str, choices=STRATEGIES)
+    add("top_k", int)
+    add("top_p", float)
+    add("temperature", float)
+    add("repetition_penalty", float)
+    add("num_beams", int, "beams per prompt (with --decode_strategy beam_search)")
+    add("length_penalty", float, "beam search: hypotheses score sum(log p) / length ** length_penalty")
+    add("seed", int)
+
+
+def from_flags(args, defaults: Optional[Mapping[str, object]] = None, **fixed) -> GenerationConfig:
+    """The settings a command line asks for, checked: each field from its flag when given (not None),
+    else from `defaults`, else GenerationConfig's own; `fixed` (EOS and pad ids) wins over both."""
+    defaults, values = defaults or {}, {}
+    for field in fields(GenerationConfig):
+        flag = getattr(args, field.name, None)
+        if flag is not None or field.name in defaults:
+            values[field.name] = flag if flag is not None else defaults[field.name]
+    config = GenerationConfig(**{**values, **fixed})
+    config.validate()
+    return config

@@ -18,10 +18,15 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
+from ..atomic import write_file_atomic
 from ..cli import run_main
+from ..data.formats import prompt_for_prediction
 from ..data.readers import DataError, iter_records
-from ..generation import add_generation_flags
+from ..data.templates import get_template
+from ..generation import add_generation_flags, generate_text, generation_config
+from ..loading import load_model
 from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
+from .judge import JudgeClient
 
 FIELDS = ("question", "std_answer", "class")
 
@@ -96,8 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _write_json(path: str, payload, lines: bool = False) -> None:
-    from ..atomic import write_file_atomic
-
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             if lines:
@@ -110,11 +113,6 @@ def _write_json(path: str, payload, lines: bool = False) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> Optional[dict]:
-    from ..data.formats import get_template, prompt_for_prediction
-    from ..generation import generate_text, generation_config
-    from ..loading import load_model
-    from .judge import JudgeClient
-
     template = get_template(args.template)
     records = read_eval_set(args.eval_file)
     if args.max_examples:

@@ -10,6 +10,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 import paddle
+import paddle.distributed as dist
 import paddle.nn.functional as F
 from tqdm import tqdm
 
@@ -89,8 +90,6 @@ def _sum_over_dp(values: List[float]) -> List[float]:
     ctx = parallel_context()
     if ctx.dp_degree == 1:
         return values
-    import paddle.distributed as dist
-
     gathered = []
     dist.all_gather_object(gathered, values, group=ctx.dp_group)
     return [sum(float(g[i]) for g in gathered[: ctx.dp_degree]) for i in range(len(values))]

@@ -13,9 +13,12 @@ import json
 import sys
 import time
 
+from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..loading import DTYPES
+from ..loading import DTYPES, load_model
 from ..runtime import init_parallel, parallel_context, quiet, use_all_cores
+from . import lm
+from .wikitext import wants_wikitext_detokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,11 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from ..checkpoint import write_file_atomic
-    from ..loading import load_model
-    from . import lm
-    from .wikitext import wants_wikitext_detokenizer
-
     init_parallel(args.tensor_parallel_degree)
     ctx = parallel_context()
     model, tokenizer, config = load_model(args.model_name_or_path, dtype=args.dtype, autodist=args.load_autodist)

@@ -21,13 +21,12 @@ kernels will use.
 import os
 import threading
 import types
-import warnings
 from pathlib import Path
 
-# Paddle warns at import that ccache is missing (irrelevant here: one build per source change).
-warnings.filterwarnings("ignore", message=".*No ccache found.*")
-
-from paddle.jit.marker import unified  # noqa: E402
+import paddle
+from paddle.jit.marker import unified
+from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+from paddle.utils.cpp_extension.extension_utils import _custom_api_content
 
 
 class OpsUnavailable(RuntimeError):
@@ -44,6 +43,8 @@ _state = {}  # "registered": (library path, op names), "module": the Python API
 @unified
 def library() -> Path:
     """Path of the built shared library (building it first if needed)."""
+    # lazy: build.py is also `python -m paddlebloom.ops.build`; imported with the package it would be
+    # loaded twice by that command (runpy warns), and it needs OpsUnavailable from here first.
     from .build import build
 
     return build()
@@ -59,8 +60,6 @@ def register_for_inference() -> Path:
     with _lock:
         if "registered" not in _state:
             path = library()
-            from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
-
             try:
                 _state["registered"] = (path, load_op_meta_info_and_register_op(str(path)))
             except Exception as e:  # e.g. a library built against another Paddle
@@ -82,8 +81,6 @@ def _python_api(op_names) -> types.ModuleType:
     # Paddle's own generated wrappers (dygraph and to_static/PIR), built in memory: Paddle's
     # loader writes them to a file named by thread id in the build directory and deletes it at
     # exit, which races between processes sharing that directory.
-    from paddle.utils.cpp_extension.extension_utils import _custom_api_content
-
     module = types.ModuleType("paddlebloom_ops")
     module.__file__ = str(_state["registered"][0])
     for name in sorted(op_names):
@@ -98,7 +95,5 @@ def set_num_threads(n: int) -> None:
 
 def info() -> dict:
     """What the kernels will do now: CPU level, level in force, threads, avx512_bf16, OpenMP max."""
-    import paddle
-
     cpu, isa, threads, bf16, omp = (int(v) for v in load().paddlebloom_ops_info(paddle.zeros([1])).numpy())
     return {"cpu_isa": ISA_NAMES[cpu], "isa": ISA_NAMES[isa], "threads": threads, "avx512_bf16": bool(bf16), "omp_max_threads": omp}

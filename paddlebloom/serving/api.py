@@ -9,7 +9,7 @@ sampling; with none of them the exported generation_config.json's defaults apply
 OpenAI's. `seed` makes sampling reproducible (choice j of a request draws from seed + j).
 Completions take the prompt as raw text, a list of texts, token ids, or a list of token-id lists
 (one choice per prompt, `n` per prompt with index = prompt * n + j, as OpenAI numbers them);
-chat messages are rendered in the fine-tuning template by paddlebloom.chat.build_prompt.
+chat messages are rendered in the fine-tuning template by paddlebloom.data.encode.build_prompt.
 `logprobs` (completions: how many alternatives; chat: `logprobs: true` + `top_logprobs`) and
 `echo` (completions: the prompt's own log-probabilities, `max_tokens` 0 allowed) run on the same
 engine: scoring a prompt is its prefill.
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..chat import build_prompt
-from ..deploy.predictor import Sampling
+from ..data.encode import build_prompt
+from ..engine import GenerationConfig
 
 
 class ApiError(Exception):
@@ -48,7 +48,7 @@ class Request:
     """A checked request: the prompts' token ids (one or more) and how to decode them."""
 
     prompts: List[List[int]]
-    sampling: Sampling
+    sampling: GenerationConfig
     seeded: bool
     stream: bool
     stop: List[str] = field(default_factory=list)
@@ -57,7 +57,7 @@ class Request:
     echo: bool = False
     logprobs: Optional[str] = None  # "completion" or "chat": the shape of the log-probabilities to return
 
-    def jobs(self) -> List[Tuple[List[int], Sampling, bool]]:
+    def jobs(self) -> List[Tuple[List[int], GenerationConfig, bool]]:
         """(prompt, settings, seeded) per choice, in OpenAI's order: prompt by prompt, n each."""
         return [(ids, dataclasses.replace(self.sampling, seed=self.sampling.seed + j), self.seeded)
                 for ids in self.prompts for j in range(self.n)]
@@ -127,7 +127,7 @@ def _choices(body: Dict, prompts: int, limits: Limits) -> int:
     return n
 
 
-def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: bool = False) -> Tuple[Sampling, bool]:
+def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: bool = False) -> Tuple[GenerationConfig, bool]:
     d = limits.defaults
     least = 0 if echo else 1  # echo with max_tokens 0 scores the prompt only (how lm-evaluation-harness asks)
     max_tokens = _typed(body, "max_tokens", int, least, limits.max_new_tokens)
@@ -148,7 +148,7 @@ def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: 
     else:
         strategy = d.get("decode_strategy", "greedy_search")
     default_max = min(int(d.get("max_new_tokens", 64)), limits.max_new_tokens)
-    sampling = Sampling(
+    sampling = GenerationConfig(
         decode_strategy=strategy,
         max_new_tokens=max_tokens if max_tokens is not None else default_max,
         top_k=top_k if top_k is not None else int(d.get("top_k", 0)),

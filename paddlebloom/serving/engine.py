@@ -19,8 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..deploy.predictor import GenerationPredictor, Sampling
-from ..engine import Sequence
+from ..deploy.predictor import GenerationPredictor
+from ..engine import GenerationConfig, Sequence
 from ..engine.decoder import TokenLogprob
 
 
@@ -37,7 +37,7 @@ class Job:
     logprobs an answer that ends on EOS sends the EOS id last (for its log-probability only)."""
 
     prompt: List[int]
-    sampling: Sampling
+    sampling: GenerationConfig
     seeded: bool = False
     tokens: List[int] = field(default_factory=list)
     events: "queue.Queue" = field(default_factory=queue.Queue)
@@ -82,10 +82,10 @@ class Engine:
         self._thread.start()
 
     # ---- the HTTP side
-    def submit(self, prompt: List[int], sampling: Sampling, seeded: bool = False) -> Job:
+    def submit(self, prompt: List[int], sampling: GenerationConfig, seeded: bool = False) -> Job:
         return self.submit_many([(prompt, sampling, seeded)])[0]
 
-    def submit_many(self, requests: List[Tuple[List[int], Sampling, bool]]) -> List[Job]:
+    def submit_many(self, requests: List[Tuple[List[int], GenerationConfig, bool]]) -> List[Job]:
         """Queue the choices of one request together (all or none: a request never half-runs).
         They share one signal, so the handler waits on all of them at once."""
         jobs, signal = [], threading.Semaphore(0)

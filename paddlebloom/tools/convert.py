@@ -11,8 +11,9 @@ import sys
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.formats import TEMPLATES, to_dialogue
+from ..data.formats import to_dialogue
 from ..data.readers import iter_records
+from ..data.templates import TEMPLATES
 
 
 def convert_record(record: dict, to: str, where: str, template=None, index: int = 0) -> dict:

@@ -8,8 +8,9 @@ import sys
 
 from ..cli import run_main
 from ..data.dataset import load_examples
-from ..data.formats import FORMATS, TEMPLATES, get_template
+from ..data.formats import FORMATS
 from ..data.pretokenized import write_pretokenized
+from ..data.templates import TEMPLATES, get_template
 from ..loading import resolve_model_dir
 from ..tokenizer import BloomTokenizer
 

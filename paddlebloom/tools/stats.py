@@ -11,9 +11,11 @@ import numpy as np
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.formats import TEMPLATES, get_template, to_dialogue
+from ..data.formats import to_dialogue
 from ..data.readers import iter_records
+from ..data.templates import TEMPLATES, get_template
 from ..loading import load_tokenizer
+from ..plots import pyplot, save_png
 
 PERCENTILES = (50, 90, 95, 99, 100)
 
@@ -40,12 +42,7 @@ def table(dist: dict) -> str:
 
 
 def plot(dist: dict, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(dist), figsize=(5 * len(dist), 3.6), dpi=100)
+    fig, axes = pyplot().subplots(1, len(dist), figsize=(5 * len(dist), 3.6), dpi=100)
     for ax, (part, values) in zip(np.atleast_1d(axes), dist.items()):
         ax.hist(values, bins=min(60, max(5, len(np.unique(values)))), color="tab:blue" if part == "prompt" else "tab:orange")
         for p in (50, 95):
@@ -55,9 +52,7 @@ def plot(dist: dict, path: str, title: str) -> None:
         ax.set_xlabel("tokens")
         ax.set_ylabel("records")
     fig.suptitle(title)
-    fig.tight_layout()
-    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def stats(model_name_or_path: str, input_path: str, output_dir: str, template: str = "belle") -> str:

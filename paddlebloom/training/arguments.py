@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from ..data.formats import FORMATS, TEMPLATES
+from ..data.formats import FORMATS
+from ..data.templates import TEMPLATES
 from .json_config import argv_from_json
 
 DEFAULT_DATA_DIR, TRAIN_JSON, DEV_JSON = "./data", "train.json", "dev.json"

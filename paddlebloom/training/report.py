@@ -2,7 +2,8 @@
 import json
 import os
 
-from ..checkpoint import write_file_atomic
+from ..atomic import write_file_atomic
+from ..plots import pyplot, save_png
 
 
 def write_metrics(output_dir: str, metrics: dict) -> None:
@@ -15,7 +16,7 @@ def write_metrics(output_dir: str, metrics: dict) -> None:
 
 def plot_loss_curve(output_dir: str, train_history, eval_history, title: str = "training loss", ylabel: str = "loss (nats / token)") -> str:
     """train_history: [{"step", "loss"}]; eval_history: [{"step", "eval_loss"}]."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train_history:
         ax.plot([h["step"] for h in train_history], [h["loss"] for h in train_history], label="train loss", lw=1.5)
@@ -26,29 +27,13 @@ def plot_loss_curve(output_dir: str, train_history, eval_history, title: str = "
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save_png(plt, fig, os.path.join(output_dir, "loss_curve.png"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_png(plt, fig, path: str) -> str:
-    fig.tight_layout()
-    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, os.path.join(output_dir, "loss_curve.png"))
 
 
 def plot_metric_curves(path: str, train_history, eval_history, panels, title: str) -> str:
     """One PNG, a panel per (y label, metric names): each metric from the training steps (lines)
     and, as `eval_NAME`, from the evaluations (markers)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 * len(panels)), dpi=100, sharex=True, squeeze=False)
     for ax, (ylabel, names) in zip(axes[:, 0], panels):
         for name in names:
@@ -63,4 +48,4 @@ def plot_metric_curves(path: str, train_history, eval_history, panels, title: st
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("optimizer step")
     axes[0, 0].set_title(title)
-    return _save_png(plt, fig, path)
+    return save_png(fig, path)

@@ -21,6 +21,8 @@ What fleet runs over gloo on CPU (paddle 3.3.1, measured):
 import numpy as np
 import paddle
 import paddle.distributed as dist
+from paddle.distributed import fleet
+from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import DygraphShardingOptimizer
 
 from ..runtime import device_for_backend, parallel_context, world_size
 from .arguments import parse_sharding
@@ -54,9 +56,6 @@ def shard_optimizer_state(optimizer):
     """fleet's stage-1 wrapper around `optimizer` when the sharding group has several ranks."""
     if parallel_context().sharding_degree == 1:
         return optimizer
-    from paddle.distributed import fleet
-    from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import DygraphShardingOptimizer
-
     return DygraphShardingOptimizer(optimizer, fleet.get_hybrid_communicate_group())
 
 
@@ -70,8 +69,6 @@ def owned_parameters(optimizer, params):
     """The parameters this rank updates (all of them without sharding)."""
     if parallel_context().sharding_degree == 1:
         return list(params)
-    from paddle.distributed import fleet
-
     return _require_sharded(optimizer).filter_parameters(list(params), fleet.get_hybrid_communicate_group())
 
 
@@ -82,8 +79,6 @@ def reduce_gradients_to_owners(optimizer, params):
     fleet averages (scales by 1/N, then sums); the trainer's loss is already normalised over
     every rank's tokens, so the owner's gradients are scaled back to the sum.
     """
-    from paddle.distributed import fleet
-
     ctx = parallel_context()
     _require_sharded(optimizer).reduce_gradients(list(params), fleet.get_hybrid_communicate_group())
     mine = owned_parameters(optimizer, params)
