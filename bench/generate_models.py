@@ -91,7 +91,8 @@ def to_hf(ckpt: str, out: str) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from paddlebloom.checkpoint import atomic_directory, read_state_for_rank
+    from paddlebloom.atomic import atomic_directory
+    from paddlebloom.weights import read_state_for_rank
 
     state = read_state_for_rank(ckpt)
     hf = {}

@@ -12,42 +12,19 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import sys
 from typing import Dict
 
 import numpy as np
 
 from .atomic import atomic_directory
-from .checkpoint import TOKENIZER_FILES, WEIGHTS, read_full_weights, read_state_for_rank, save_weights
+from .checkpoint import TOKENIZER_FILES, copy_tokenizer
 from .cli import run_main
 from .config import BloomConfig
 from .tokenizer import BloomTokenizer
+from .weights import WEIGHTS, read_full_weights, read_state_for_rank, save_safetensors, save_weights
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 _LINEARS = ("query_key_value.weight", "dense.weight", "dense_h_to_4h.weight", "dense_4h_to_h.weight")
-
-
-def read_safetensors(path: str) -> Dict[str, np.ndarray]:
-    """All tensors of one .safetensors file as float32/int numpy arrays (bfloat16 widened)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = data[start:end]
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            array = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif info["dtype"] in _DTYPES:
-            array = np.frombuffer(raw, dtype=_DTYPES[info["dtype"]])
-        else:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        out[name] = array.reshape(info["shape"])
-    return out
 
 
 def read_hf_weights(hf_dir: str) -> Dict[str, np.ndarray]:
@@ -97,23 +74,19 @@ def convert(hf_dir: str, output_dir: str) -> dict:
 def to_hf(model_dir: str, output_dir: str) -> dict:
     """Our checkpoint (merged, or TP shards) as a Hugging Face BLOOM directory: `transformer.` names,
     Linear weights [out, in], one model.safetensors, config.json for transformers, the tokenizer."""
-    from safetensors.numpy import save_file
-
     config = BloomConfig.load(model_dir)
     state = {}
     for name, value in read_state_for_rank(model_dir).items():
         key = "transformer." + name[len("bloom."):]
         state[key] = np.ascontiguousarray(value.T) if key.endswith(_LINEARS) else value
     with atomic_directory(output_dir) as tmp:
-        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(state, os.path.join(tmp, "model.safetensors"))
         raw = config.to_dict()
         raw.pop("dtype", None)
         raw.update(torch_dtype="float32", n_embed=config.hidden_size, num_attention_heads=config.n_head)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(raw, f, indent=2, sort_keys=True)
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(model_dir, name)):
-                shutil.copy2(os.path.join(model_dir, name), os.path.join(tmp, name))
+        copy_tokenizer(model_dir, tmp)
     return {"parameters": int(sum(v.size for v in state.values())), "output_dir": output_dir}
 
 

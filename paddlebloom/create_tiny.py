@@ -12,8 +12,16 @@ import os
 import sys
 from typing import List, Optional
 
+import paddle
+
 from . import corpus as generated
+from .atomic import atomic_directory
+from .config import BloomConfig
+from .data.readers import read_records
+from .model import BloomForCausalLM
 from .runtime import quiet
+from .tokenizer import train_byte_level_bpe
+from .weights import WEIGHTS, save_weights
 
 
 def read_corpus(paths: List[str]) -> List[str]:
@@ -21,8 +29,6 @@ def read_corpus(paths: List[str]) -> List[str]:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             if path.endswith((".json", ".jsonl")):
-                from .data.readers import read_records
-
                 for record in read_records(path):
                     texts.append(" ".join(str(v) for v in record.values() if isinstance(v, str)))
             else:
@@ -32,13 +38,6 @@ def read_corpus(paths: List[str]) -> List[str]:
 
 def create_tiny(output_dir: str, vocab_size: int = 2000, hidden_size: int = 64, n_layer: int = 2, n_head: int = 4,
                 corpus: Optional[List[str]] = None, seed: int = 0, max_position_hint: int = 2048) -> str:
-    import paddle
-
-    from .checkpoint import WEIGHTS, atomic_directory, save_weights
-    from .config import BloomConfig
-    from .model import BloomForCausalLM
-    from .tokenizer import train_byte_level_bpe
-
     if hidden_size % n_head:
         raise ValueError(f"--hidden_size {hidden_size} is not divisible by --n_head {n_head}")
     texts = read_corpus(corpus) if corpus else generated.sentences(4000, seed)

@@ -13,13 +13,13 @@ import pytest
 
 from conftest import ROOT, launch, run_py, shared_file
 from numpy_bloom import NumpyBloom
-from paddlebloom.checkpoint import read_state_for_rank
 from paddlebloom.config import BloomConfig
 from paddlebloom.evaluation import judge as judge_mod
 from paddlebloom.evaluation import run_lm
 from paddlebloom.evaluation.wikitext import count_original_words, detokenize_wikitext
 from paddlebloom.evaluation.windows import plan_windows
 from paddlebloom.tokenizer import BloomTokenizer
+from paddlebloom.weights import read_state_for_rank
 
 RUN_EVAL = os.path.join(ROOT, "eval", "run_eval.py")
 RUN_INSTRUCT = os.path.join(ROOT, "eval", "run_instruct_eval.py")

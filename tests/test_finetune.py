@@ -11,9 +11,9 @@ import paddle
 import pytest
 
 from conftest import ROOT, _env, launch, run_py, shared_file
-from paddlebloom.checkpoint import read_state_for_rank
 from paddlebloom.training.arguments import parse_args
 from paddlebloom.training.trainer import run
+from paddlebloom.weights import read_state_for_rank
 
 SCRIPT = os.path.join(ROOT, "finetune", "finetune_generation.py")
 BASE = ["--src_length", "48", "--tgt_length", "48", "--per_device_train_batch_size", "4", "--logging_steps", "1",
@@ -114,7 +114,7 @@ def test_kill_at_random_step_and_resume_gives_identical_weights(tiny_dir, tmp_pa
 
 def test_label_smoothing_changes_the_loss_as_the_formula_says(trained_tiny, tmp_path):
     from paddlebloom.data.dataset import BatchPlan, collate, load_examples
-    from paddlebloom.data.formats import TEMPLATES
+    from paddlebloom.data.templates import TEMPLATES
     from paddlebloom.loading import load_model
 
     eps = 0.2
@@ -332,8 +332,8 @@ def test_do_generation_reports_paddlenlp_rouge_and_keeps_min_tgt_length(tiny_dir
 
 def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_dir, tmp_path):
     from paddlebloom.data.dataset import load_examples
-    from paddlebloom.data.formats import TEMPLATES
     from paddlebloom.data.readers import iter_records
+    from paddlebloom.data.templates import TEMPLATES
     from paddlebloom.tokenizer import BloomTokenizer
 
     tok = BloomTokenizer.from_pretrained(tiny_dir)
@@ -352,7 +352,7 @@ def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_di
 
 def test_do_generation_answers_with_the_prefix_as_trained_so_far(trained_tiny, tmp_path):
     from paddlebloom.data.dataset import load_examples
-    from paddlebloom.data.formats import TEMPLATES
+    from paddlebloom.data.templates import TEMPLATES
     from paddlebloom.generation import GenerationConfig, generate_ids
     from paddlebloom.loading import load_model
     from paddlebloom.training.generation_eval import last_answer

@@ -7,10 +7,11 @@ import paddle
 import pytest
 
 from conftest import ROOT, launch, run_py
-from paddlebloom.checkpoint import load_into, merge_shards, read_state_for_rank
+from paddlebloom.checkpoint import load_into
 from paddlebloom.config import BloomConfig
 from paddlebloom.model import BloomForCausalLM
 from paddlebloom.tokenizer import BloomTokenizer
+from paddlebloom.weights import merge_shards, read_state_for_rank
 
 TEXTS = ["Alice has a red cat that lives in Paris.", "小红有一只住在北京的红色的猫。", "mixed 混合 text: 3 加 4 = 7!\n", "  spaces\tand ünïcödé ☃ 🙂"]
 

@@ -132,7 +132,7 @@ def test_hugging_face_import_gives_hf_logits(hf_model, tmp_path):
 
 
 def test_safetensors_reader_widens_bfloat16(tmp_path):
-    from paddlebloom.convert_hf import read_safetensors
+    from paddlebloom.weights import read_safetensors
 
     values = np.array([[1.0, -2.5], [0.15625, 384.0]], dtype=np.float32)
     bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact for these values
@@ -148,7 +148,7 @@ def test_chat_in_a_pseudo_terminal_remembers_the_first_turn(trained_tiny):
     import pexpect  # noqa: F401  (installed with the dev requirements)
 
     from paddlebloom.chat import build_prompt
-    from paddlebloom.data.formats import TEMPLATES
+    from paddlebloom.data.templates import TEMPLATES
 
     child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "predict", "chat.py"), "--model_name_or_path", trained_tiny, "--max_new_tokens", "6"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, encoding="utf-8", timeout=120)

@@ -128,7 +128,7 @@ def run(argv, cwd, expect_ok=True, stdin=""):
 
 def write_autodist(tiny_dir, directory, degree):
     """PaddleNLP's 176B layout made with our own split: auto_dist{rank}.pdparams, one tensor-parallel shard each."""
-    from paddlebloom.checkpoint import autodist_name, read_state_for_rank, save_weights, split_for_rank
+    from paddlebloom.weights import autodist_name, read_state_for_rank, save_weights, split_for_rank
 
     os.makedirs(directory)
     for name in os.listdir(tiny_dir):

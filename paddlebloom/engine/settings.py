@@ -52,23 +52,31 @@ class GenerationConfig:
             raise ValueError(f"--num_beams {self.num_beams} goes with --decode_strategy beam_search")
 
 
+# The fields a user chooses: --flags of every generating command line, and the defaults an exported
+# generation_config.json carries (all but the seed: an exported program is not tied to one).
+_FLAGS = {  # field: (type, help)
+    "max_new_tokens": (int, None),
+    "decode_strategy": (str, None),
+    "top_k": (int, None),
+    "top_p": (float, None),
+    "temperature": (float, None),
+    "repetition_penalty": (float, None),
+    "num_beams": (int, "beams per prompt (with --decode_strategy beam_search)"),
+    "length_penalty": (float, "beam search: hypotheses score sum(log p) / length ** length_penalty"),
+    "seed": (int, None),
+}
+EXPORTED_FIELDS = tuple(name for name in _FLAGS if name != "seed")
+
+
 def add_decoding_flags(group, defaults: Mapping[str, object], max_new_tokens_aliases: Sequence[str] = ()) -> None:
     """--max_new_tokens, --decode_strategy ... --seed: one flag per GenerationConfig field a user sets.
 
     A flag missing from `defaults` defaults to None, for `from_flags` to fill in (deploy: from the
     exported generation_config.json)."""
-    def add(name, type_, help_=None, aliases=(), **kw):
-        group.add_argument(f"--{name}", *aliases, dest=name, type=type_, default=defaults.get(name), help=help_, **kw)
-
-    add("max_new_tokens", int, aliases=max_new_tokens_aliases)
-    add("decode_strategy", str, choices=STRATEGIES)
-    add("top_k", int)
-    add("top_p", float)
-    add("temperature", float)
-    add("repetition_penalty", float)
-    add("num_beams", int, "beams per prompt (with --decode_strategy beam_search)")
-    add("length_penalty", float, "beam search: hypotheses score sum(log p) / length ** length_penalty")
-    add("seed", int)
+    for name, (type_, help_) in _FLAGS.items():
+        aliases = max_new_tokens_aliases if name == "max_new_tokens" else ()
+        choices = STRATEGIES if name == "decode_strategy" else None
+        group.add_argument(f"--{name}", *aliases, dest=name, type=type_, default=defaults.get(name), choices=choices, help=help_)
 
 
 def from_flags(args, defaults: Optional[Mapping[str, object]] = None, **fixed) -> GenerationConfig:

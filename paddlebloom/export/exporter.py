@@ -22,6 +22,7 @@ from ..adapter import adapter_of
 from ..atomic import atomic_directory
 from ..checkpoint import copy_tokenizer
 from ..engine.backends import STEP_INPUTS, step_inputs
+from ..engine.settings import EXPORTED_FIELDS, GenerationConfig
 from ..engine.step_model import StepModel
 from ..loading import load_model, resolve_model_dir
 from ..ops import OpsUnavailable, load as load_ops
@@ -30,8 +31,7 @@ from ..workarounds import find_model
 DTYPES = ("float32", "bfloat16")
 QUANT_TYPES = ("weight_only_int8",)
 PREFIX_KV = "prefix_kv.npy"
-GENERATION_DEFAULTS = {"decode_strategy": "greedy_search", "max_new_tokens": 64, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
-                       "repetition_penalty": 1.0, "num_beams": 1, "length_penalty": 1.0}
+GENERATION_DEFAULTS = {name: getattr(GenerationConfig, name) for name in EXPORTED_FIELDS}  # deploy/serving's defaults
 
 
 def weight_kind(dtype: str, quant_type: Optional[str]) -> str:

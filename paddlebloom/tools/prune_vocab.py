@@ -18,12 +18,13 @@ import numpy as np
 from tokenizers import Tokenizer, pre_tokenizers
 from tqdm import tqdm
 
-from ..checkpoint import WEIGHTS, atomic_directory, read_state_for_rank, save_weights
+from ..atomic import atomic_directory
 from ..cli import run_main
 from ..config import BloomConfig
 from ..create_tiny import read_corpus
 from ..loading import resolve_model_dir
 from ..tokenizer import SPECIAL_TOKENS, BloomTokenizer
+from ..weights import WEIGHTS, read_state_for_rank, save_weights
 
 EMBEDDING = "bloom.word_embeddings.weight"
 
