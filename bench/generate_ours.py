@@ -20,7 +20,7 @@ def prompts(batch: int, length: int, vocab: int):
 
 
 def run_static(a, ids):
-    from paddlebloom.cpu import prefer_avx2_mkl_on_amd
+    from paddlebloom.workarounds import prefer_avx2_mkl_on_amd
 
     prefer_avx2_mkl_on_amd()  # as deploy/infer_generation.py does
     from paddlebloom.deploy.predictor import GenerationPredictor, Sampling
@@ -34,7 +34,7 @@ def run_static(a, ids):
 
 
 def run_dynamic(a, ids):
-    from paddlebloom.cpu import prefer_avx2_mkl_on_amd
+    from paddlebloom.workarounds import prefer_avx2_mkl_on_amd
 
     prefer_avx2_mkl_on_amd()  # the same MKL set-up as the deploy script, so the two compare fairly
     import paddle

@@ -4,7 +4,7 @@ memory read bandwidth with every core, and the fp32 matmul peak.
     python bench/machine.py            # prints one JSON object
 
 Why measure instead of a constant: the machines these benchmarks run on differ by session
-(28 GB/s on one, 76 GB/s on another, STACK.md), and batch-1 decoding is bound by how fast the
+(read bandwidth measured at 28 GB/s on one, 76 GB/s on another), and batch-1 decoding is bound by how fast the
 weights stream from memory, so "share of the bandwidth limit" is only meaningful against the
 bandwidth of the machine the numbers came from.
 

@@ -16,7 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.common import SHAPES, params, train_flops_per_token  # noqa: E402
-from paddlebloom.cpu import prefer_avx2_mkl_on_amd  # noqa: E402
+from paddlebloom.workarounds import prefer_avx2_mkl_on_amd  # noqa: E402
 
 # Same environment for both systems and for the peak measurement (children inherit it).
 prefer_avx2_mkl_on_amd()

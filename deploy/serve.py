@@ -4,9 +4,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddlebloom.cpu import prefer_avx2_mkl_on_amd  # noqa: E402
+from paddlebloom.cli import quiet_upstream_warnings  # noqa: E402 - Paddle-free
 
-prefer_avx2_mkl_on_amd()  # before Paddle loads: MKL reads it once
+quiet_upstream_warnings()  # before the imports below import Paddle, which warns as it loads
 from paddlebloom.serving.cli import main  # noqa: E402
 
 if __name__ == "__main__":

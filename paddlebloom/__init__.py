@@ -1,5 +1,5 @@
-"""paddlebloom: instruction-tune and deploy BLOOM models on PaddlePaddle."""
-from .cpu import prefer_avx2_mkl_on_amd
+"""paddlebloom: instruction-tune and deploy BLOOM models on PaddlePaddle.
 
-# Before any submodule imports Paddle: MKL picks its kernels when it first runs (see cpu.py).
-prefer_avx2_mkl_on_amd()
+Importing the package changes nothing in the process: the entry points set up the runtime
+(runtime.use_all_cores, cli.quiet_upstream_warnings; see workarounds.py).
+"""

@@ -10,6 +10,12 @@ SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 HF_PY = os.path.join(ROOT, ".venv-hf", "bin", "python")  # the peer: Hugging Face transformers on torch
 sys.path.insert(0, ROOT)
 
+from paddlebloom.workarounds import prefer_avx2_mkl_on_amd  # noqa: E402
+
+# The test process is an entry point too: it computes in-process and compares with the scripts
+# it starts (they inherit this), so like them it sets MKL up before its first MKL routine.
+prefer_avx2_mkl_on_amd()
+
 
 def _env():
     env = dict(os.environ)

@@ -12,11 +12,14 @@ import time
 
 from ..atomic import write_file_atomic
 from ..cli import run_main
-from ..data.formats import get_template, prompt_for_prediction
+from ..data.formats import prompt_for_prediction
 from ..data.readers import DataError, iter_records, stdin_prompts
+from ..data.templates import get_template
+from ..engine.settings import add_decoding_flags, from_flags
 from ..runtime import quiet
 from ..tokenizer import BloomTokenizer
-from .predictor import PRECISIONS, STRATEGIES, GenerationPredictor, Sampling
+from ..workarounds import prefer_avx2_mkl_on_amd
+from .predictor import PRECISIONS, GenerationPredictor
 
 
 def parse_args(argv=None):
@@ -31,16 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--cpu_threads", type=int, default=0, help="0: all cores")
     p.add_argument("--enable_mkldnn", action="store_true", help="oneDNN kernels (needed for bf16)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    # Sampling: defaults come from the exported generation_config.json.
-    p.add_argument("--decode_strategy", choices=list(STRATEGIES))
-    p.add_argument("--max_new_tokens", type=int)
-    p.add_argument("--top_k", type=int)
-    p.add_argument("--top_p", type=float)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--repetition_penalty", type=float)
-    p.add_argument("--num_beams", type=int, help="beam search: beams per prompt (with --decode_strategy beam_search)")
-    p.add_argument("--length_penalty", type=float, help="beam search: hypotheses score sum(log p) / length ** length_penalty")
-    p.add_argument("--seed", type=int, default=0)
+    # Decoding: unset flags take the exported generation_config.json's values; sampling is seeded (0) unless --seed says otherwise.
+    add_decoding_flags(p, {"seed": 0})
     return p.parse_args(argv)
 
 
@@ -57,10 +52,7 @@ def run(args) -> None:
     template = get_template(args.template)
     predictor = GenerationPredictor(args.model_dir, args.model_prefix, max_batch_size=args.batch_size, device=args.device, cpu_threads=args.cpu_threads,
                                     enable_mkldnn=args.enable_mkldnn, precision=args.precision)
-    defaults = predictor.generation_config
-    flags = [k for k in Sampling.__dataclass_fields__ if hasattr(args, k)]
-    sampling = predictor.settings(Sampling(**{k: (getattr(args, k) if getattr(args, k) is not None else defaults.get(k, getattr(Sampling, k))) for k in flags}))
-    sampling.validate()
+    sampling = from_flags(args, predictor.generation_config)  # EOS and pad ids too: the exported config has them
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     items = read_prompts(args, template)  # every input error surfaces before any generation
     encoded = [tokenizer.encode(prompt) for _, _, prompt in items]
@@ -89,5 +81,6 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     quiet()
+    prefer_avx2_mkl_on_amd()  # before the predictor's first MKL routine
     args = parse_args(argv)
     return run_main("infer_generation.py", lambda: run(args))

@@ -15,22 +15,10 @@ from paddle import inference
 from .. import ops
 from ..engine import GenerationConfig, StepEngine
 from ..engine.backends import STEP_INPUTS, InferenceBackend, read_export_info
-from ..engine.settings import STRATEGIES  # noqa: F401 - the deploy CLI's choices
+from ..workarounds import find_model, onednn_only_when_asked
 
 PRECISIONS = ("fp32", "bf16", "int8")
-Sampling = GenerationConfig  # the deploy scripts' name for the one settings type
-
-
-def find_model(model_dir: str, model_prefix: str):
-    """(program, params): Paddle 3 PIR `NAME.json` or legacy `NAME.pdmodel` (STACK.md defect 7)."""
-    params = os.path.join(model_dir, model_prefix + ".pdiparams")
-    for ext in (".json", ".pdmodel"):
-        program = os.path.join(model_dir, model_prefix + ext)
-        if os.path.isfile(program):
-            if not os.path.isfile(params):
-                raise FileNotFoundError(f"{program}: found, but its parameters {params} are missing")
-            return program, params
-    raise FileNotFoundError(f"{model_dir}: no exported model {model_prefix}.json or {model_prefix}.pdmodel (export with export/export_generation_model.py)")
+Sampling = GenerationConfig  # the name scripts and tests written against the deploy API use; the package says GenerationConfig
 
 
 def _cpu_has_bf16() -> bool:
@@ -63,12 +51,9 @@ def make_config(program: str, params: str, device: str = "cpu", cpu_threads: int
             raise ValueError("--precision bf16: needs --enable_mkldnn (the bf16 kernels are oneDNN's)")
         if not _cpu_has_bf16():
             raise ValueError("--precision bf16: this CPU has no avx512_bf16/amx_bf16")
-    if enable_mkldnn:
-        config.enable_mkldnn()
-        if precision == "bf16":
-            config.enable_mkldnn_bfloat16()
-    else:
-        config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default; the flag must mean what it says
+    onednn_only_when_asked(config, enable_mkldnn)
+    if precision == "bf16":
+        config.enable_mkldnn_bfloat16()
     return config
 
 

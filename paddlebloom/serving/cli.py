@@ -12,11 +12,12 @@ import signal
 import sys
 import threading
 
-from ..runtime import quiet  # noqa: I001 - first: it filters a warning Paddle prints when imported
 from ..cli import run_main
-from ..data.formats import TEMPLATES, get_template
+from ..data.templates import TEMPLATES, get_template
 from ..deploy.predictor import PRECISIONS, GenerationPredictor
+from ..runtime import quiet
 from ..tokenizer import BloomTokenizer
+from ..workarounds import prefer_avx2_mkl_on_amd
 from . import api
 from .engine import Engine
 from .server import App, Server
@@ -95,5 +96,6 @@ def serve(args) -> None:
 
 def main(argv=None) -> int:
     quiet()
+    prefer_avx2_mkl_on_amd()  # before the predictor's first MKL routine
     args = parse_args(argv)
     return run_main("serve.py", lambda: serve(args))
