@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .readers import DataError
-from .templates import DEFAULT_TEMPLATE, TEMPLATES, Template, get_template  # noqa: F401  (re-exported)
+from .templates import DEFAULT_TEMPLATE, Template
 
 FORMATS = ("conversations", "messages", "alpaca", "belle", "src_tgt", "text")
 Turn = Tuple[Optional[str], Optional[str]]  # (query, or None for plain text; response, or None when it is to be predicted)
