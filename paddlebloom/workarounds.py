@@ -9,13 +9,16 @@ it are not here but where the owned piece is (the README's table names them too)
 mask break under TP and export), the CPU tensor-parallel ops (parallel/collectives.py: fleet's
 have no gloo path), the step program and host-side sampling (engine/: generation export fails),
 the training loop (paddlenlp's Trainer leaves log_history empty) and the C++ kernels (ops/: no
-CPU weight-only int8, libiomp5's dynamic schedule off the main thread).
+CPU weight-only int8, libiomp5's dynamic schedule off the main thread). Two live in the Paddle-free
+cli module because they must work without importing Paddle: the filter for Paddle's import-time
+ccache warning (cli.UPSTREAM_NOISE, applied before Paddle loads) and cli.leave_together.
 """
 import ctypes
 import os
 import socket
+import types
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import paddle
@@ -24,6 +27,7 @@ import paddle.nn.functional as F
 from paddle.base import core
 from paddle.distributed import collective
 from paddle.distributed.fleet.utils import recompute
+from paddle.utils.cpp_extension.extension_utils import _custom_api_content
 
 # --- process set-up: the CPU runtime under Paddle -------------------------------------------
 
@@ -273,7 +277,25 @@ def check_optimizer_state_covers(state: dict, optimizer, path: str) -> None:
                              "the checkpoint was written for other trained parameters")
 
 
-# --- exported programs ----------------------------------------------------------------------
+# --- custom ops and exported programs -------------------------------------------------------
+
+
+def custom_op_module(library, op_names: Sequence[str]) -> types.ModuleType:
+    """The Python API of the custom ops registered from `library`: Paddle's own generated wrappers
+    (dygraph and to_static/PIR), built in memory.
+
+    Defect: paddle 3.3.1's loader (`cpp_extension.load`, `_generate_python_module`) writes the
+    wrappers to BUILD_DIR/NAME_<thread id>.py, imports that file and deletes it at exit, which
+    races between processes that share the build directory (tensor-parallel ranks, a test and its
+    subprocesses). Nothing is written here.
+    Test: test_ops.py::test_loading_the_ops_writes_nothing_in_the_build_directory.
+    """
+    module = types.ModuleType("paddlebloom_ops")
+    module.__file__ = str(library)
+    for name in sorted(op_names):
+        exec(compile(_custom_api_content(name), f"<paddlebloom_ops.{name}>", "exec"), module.__dict__)
+    return module
+
 
 
 def find_model(model_dir: str, model_prefix: str):

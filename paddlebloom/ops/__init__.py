@@ -26,7 +26,8 @@ from pathlib import Path
 import paddle
 from paddle.jit.marker import unified
 from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
-from paddle.utils.cpp_extension.extension_utils import _custom_api_content
+
+from ..workarounds import custom_op_module
 
 
 class OpsUnavailable(RuntimeError):
@@ -73,19 +74,8 @@ def load() -> types.ModuleType:
     register_for_inference()
     with _lock:
         if "module" not in _state:
-            _state["module"] = _python_api(_state["registered"][1])
+            _state["module"] = custom_op_module(*_state["registered"])
         return _state["module"]
-
-
-def _python_api(op_names) -> types.ModuleType:
-    # Paddle's own generated wrappers (dygraph and to_static/PIR), built in memory: Paddle's
-    # loader writes them to a file named by thread id in the build directory and deletes it at
-    # exit, which races between processes sharing that directory.
-    module = types.ModuleType("paddlebloom_ops")
-    module.__file__ = str(_state["registered"][0])
-    for name in sorted(op_names):
-        exec(compile(_custom_api_content(name), f"<paddlebloom_ops.{name}>", "exec"), module.__dict__)
-    return module
 
 
 def set_num_threads(n: int) -> None:
