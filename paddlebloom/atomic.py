@@ -9,9 +9,23 @@ import tempfile
 from typing import Callable
 
 
+# What every directory this suite writes holds (a model, an adapter, an export, a token store):
+# an existing directory with none of them is someone else's, and replacing it would delete it.
+OUTPUT_MARKERS = ("config.json", "lora_config.json", "prefix_config.json", "export_info.json", "meta.json")
+
+
+def check_replaceable(target: str) -> None:
+    """Callers with slow work before writing check first, so the error comes before the work."""
+    if os.path.isdir(target) and os.listdir(target) and not any(os.path.exists(os.path.join(target, m)) for m in OUTPUT_MARKERS):
+        raise ValueError(f"{os.path.abspath(target)} holds files this suite did not write; refusing to replace it (write to a new or empty directory)")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str):
-    """Yield a temporary sibling directory; on success it replaces `target` in one rename."""
+    """Yield a temporary sibling directory; on success it replaces `target` in one rename.
+    Refuses (ValueError, before anything is written) to replace a non-empty directory that holds
+    none of OUTPUT_MARKERS: `--output_path bloom` run in a project folder must not replace the folder."""
+    check_replaceable(target)
     parent = os.path.dirname(os.path.abspath(target)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".tmp-", dir=parent)

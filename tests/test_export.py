@@ -189,6 +189,22 @@ def test_deploy_bad_input_and_unsupported_flags_fail_in_one_line(exported, tmp_p
     assert proc.returncode == 2 and "bloom.json or bloom.pdmodel" in proc.stderr, proc.stderr
 
 
+def test_export_never_replaces_a_directory_it_did_not_write(trained_tiny, tmp_path):
+    """--output_path bloom run in a project folder would make the folder the export: refused, in one
+    line, before any work; an earlier export is replaced as before."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine", encoding="utf-8")
+    export = os.path.join(ROOT, "export", "export_generation_model.py")
+    proc = run_py([export, "--model_name_or_path", trained_tiny, "--output_path", str(project / "bloom")], check=False)
+    assert proc.returncode != 0 and "refusing to replace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(os.listdir(project)) == ["notes.txt"]
+    out = tmp_path / "inference"
+    for _ in range(2):
+        run_py([export, "--model_name_or_path", trained_tiny, "--output_path", str(out / "bloom")])
+    assert "export_info.json" in os.listdir(out)
+
+
 def test_find_model_reads_legacy_pdmodel(tmp_path):
     (tmp_path / "bloom.pdmodel").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="pdiparams"):

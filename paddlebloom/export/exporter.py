@@ -19,7 +19,7 @@ import paddle
 from paddle.static import InputSpec
 
 from ..adapter import adapter_of
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, check_replaceable
 from ..checkpoint import copy_tokenizer
 from ..engine.backends import STEP_INPUTS, step_inputs
 from ..engine.settings import EXPORTED_FIELDS, GenerationConfig
@@ -55,6 +55,7 @@ def export_generation(model_name_or_path: str, output_path: str, lora_path: Opti
     directory, name = os.path.split(os.path.abspath(output_path))
     if not name:
         raise ValueError(f"--output_path {output_path}: give DIR/NAME, e.g. inference/bloom")
+    check_replaceable(directory)  # DIR becomes the export: never someone's project folder
     try:
         load_ops()  # the program's kernels are ours: fail before loading a large model if they cannot be built
     except OpsUnavailable as e:
