@@ -5,7 +5,11 @@ setup(
     version="0.1.0",
     description="Instruction-tune and deploy BLOOM models on PaddlePaddle, from a laptop to GPU nodes",
     packages=find_packages(include=["paddlebloom", "paddlebloom.*"]),
-    package_data={"paddlebloom.evaluation": ["judge_rubric.txt"], "paddlebloom.serving": ["static/*.html"], "paddlebloom.ops": ["csrc/*.cc", "csrc/*.h"]},
+    package_data={
+        "paddlebloom.evaluation": ["judge_rubric.txt"],
+        "paddlebloom.serving": ["static/*.html"],
+        "paddlebloom.ops": ["csrc/*.cc", "csrc/*.h"],
+    },
     python_requires=">=3.9",
     # Versions are pinned in requirements.txt (measured to install together); kept loose here.
     install_requires=["paddlepaddle", "paddlenlp", "numpy", "tokenizers", "safetensors", "tqdm", "matplotlib"],

@@ -1,7 +1,9 @@
 """What both benchmark sides share: shapes, FLOP arithmetic, arguments, peak memory.
 
 No framework imports here: the peer's worker runs in another venv (.venv-hf)."""
+
 import argparse
+
 SHAPES = {
     # name: (hidden, layers, heads, vocab, batch, seq)
     "a": dict(hidden=512, layers=8, heads=8, vocab=32000, batch=4, seq=256),

@@ -9,6 +9,7 @@ made them and are rebuilt when it changes: the exporter and the engine are under
 a stale export would silently measure yesterday's program. An artefact that cannot be built is
 returned as "failed: <one line>" so the bench reports that system's row and goes on.
 """
+
 import hashlib
 import json
 import os
@@ -23,11 +24,7 @@ from bench.machine import OURS, PEER  # noqa: E402
 
 WORK = os.path.join(ROOT, "runs", "bench", "bloom560m")
 # Our exports: directory name -> extra export flags.
-EXPORTS = {
-    "static": [],
-    "static-bf16": ["--dtype", "bfloat16"],
-    "static-int8": ["--quant_type", "weight_only_int8"],
-}
+EXPORTS = {"static": [], "static-bf16": ["--dtype", "bfloat16"], "static-int8": ["--quant_type", "weight_only_int8"]}
 CT2 = {"ct2-float32": "float32", "ct2-int8": "int8"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -65,8 +62,25 @@ def checkpoint() -> str:
     ckpt = os.path.join(WORK, "ckpt")
     if not os.path.isdir(ckpt):
         s = SHAPES["b"]
-        _run([OURS, "-m", "paddlebloom.create_tiny", "--output_dir", ckpt, "--vocab_size", str(s["vocab"]), "--hidden_size", str(s["hidden"]),
-              "--n_layer", str(s["layers"]), "--n_head", str(s["heads"]), "--seed", "0"])
+        _run(
+            [
+                OURS,
+                "-m",
+                "paddlebloom.create_tiny",
+                "--output_dir",
+                ckpt,
+                "--vocab_size",
+                str(s["vocab"]),
+                "--hidden_size",
+                str(s["hidden"]),
+                "--n_layer",
+                str(s["layers"]),
+                "--n_head",
+                str(s["heads"]),
+                "--seed",
+                "0",
+            ]
+        )
     return ckpt
 
 
@@ -77,7 +91,17 @@ def our_export(ckpt: str, name: str, fingerprint: str) -> str:
         return out
     shutil.rmtree(out, ignore_errors=True)
     try:
-        _run([OURS, os.path.join(ROOT, "export", "export_generation_model.py"), "--model_name_or_path", ckpt, "--output_path", os.path.join(out, "bloom"), *EXPORTS[name]])
+        _run(
+            [
+                OURS,
+                os.path.join(ROOT, "export", "export_generation_model.py"),
+                "--model_name_or_path",
+                ckpt,
+                "--output_path",
+                os.path.join(out, "bloom"),
+                *EXPORTS[name],
+            ]
+        )
     except Exception:
         shutil.rmtree(out, ignore_errors=True)  # a half-written export must not be reused next run
         raise
@@ -98,7 +122,7 @@ def to_hf(ckpt: str, out: str) -> None:
     hf = {}
     for name, value in state.items():
         transposed = value.ndim == 2 and "word_embeddings" not in name
-        hf["transformer." + name[len("bloom."):]] = np.ascontiguousarray(value.T if transposed else value)
+        hf["transformer." + name[len("bloom.") :]] = np.ascontiguousarray(value.T if transposed else value)
     with atomic_directory(out) as tmp:
         save_file(hf, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(ckpt, "config.json")) as f:

@@ -5,6 +5,7 @@
 EOS is disabled so every run produces exactly --new_tokens tokens per row (as the HF side does).
 Both modes run with paddlebloom.deploy's MKL set-up (AVX2 kernels on AMD CPUs).
 """
+
 import argparse
 import json
 import time
@@ -25,7 +26,9 @@ def run_static(a, ids):
     prefer_avx2_mkl_on_amd()  # as deploy/infer_generation.py does
     from paddlebloom.deploy.predictor import GenerationPredictor, Sampling
 
-    predictor = GenerationPredictor(a.model_dir, "bloom", cpu_threads=a.threads, enable_mkldnn=a.enable_mkldnn, precision=a.precision)
+    predictor = GenerationPredictor(
+        a.model_dir, "bloom", cpu_threads=a.threads, enable_mkldnn=a.enable_mkldnn, precision=a.precision
+    )
     predictor.eos_token_id = -1  # never stop early: fixed work per run
     predictor.generate(ids, Sampling(max_new_tokens=2))  # warm-up: first-run allocations and oneDNN primitive creation
     began = time.perf_counter()
@@ -50,7 +53,16 @@ def run_dynamic(a, ids):
         except ImportError:
             generate_ids = None
         if generate_ids is not None:
-            return generate_ids(model, ids, GenerationConfig(max_new_tokens=n, decode_strategy="greedy_search", eos_token_id=-1, pad_token_id=tokenizer.pad_token_id))
+            return generate_ids(
+                model,
+                ids,
+                GenerationConfig(
+                    max_new_tokens=n,
+                    decode_strategy="greedy_search",
+                    eos_token_id=-1,
+                    pad_token_id=tokenizer.pad_token_id,
+                ),
+            )
         # Before paddlebloom.generation existed: the plain cached greedy loop.
         out, past, x = [[] for _ in ids], None, paddle.to_tensor(ids, dtype="int64")
         with paddle.no_grad():
@@ -82,9 +94,17 @@ def main() -> None:
     out, seconds = (run_static if a.mode == "static" else run_dynamic)(a, ids)
     produced = sum(len(r) for r in out)
     assert produced == a.batch * a.new_tokens, produced
-    print(json.dumps({"tokens_per_s": produced / seconds, "seconds": seconds, "first_row": [int(t) for t in out[0][:8]],
-                      "first_tokens_all": [[int(t) for t in row[:8]] for row in out],
-                      "peak_rss_mb": peak_rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": produced / seconds,
+                "seconds": seconds,
+                "first_row": [int(t) for t in out[0][:8]],
+                "first_tokens_all": [[int(t) for t in row[:8]] for row in out],
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

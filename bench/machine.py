@@ -11,6 +11,7 @@ bandwidth of the machine the numbers came from.
 No framework import at module level: the orchestrators import this from either venv, and each
 measurement runs in a fresh process of the venv that has the library it needs.
 """
+
 import json
 import os
 import subprocess
@@ -96,7 +97,9 @@ def wait_quiet(max_cores: float, max_wait: float) -> float:
 
 
 def _run(python: str, code: str):
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=600, env=dict(os.environ, GLOG_minloglevel="3"))
+    proc = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, timeout=600, env=dict(os.environ, GLOG_minloglevel="3")
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -119,7 +122,9 @@ def memory_bandwidth(threads: int = 0, passes: int = 8, repeats: int = 3) -> dic
             methods["torch failed"] = str(e)
     python = OURS if os.path.exists(OURS) else sys.executable
     try:
-        methods[f"numpy sum of 1 GiB float32 in {threads} processes"] = _run(python, NUMPY_BANDWIDTH.format(threads=threads, passes=passes))
+        methods[f"numpy sum of 1 GiB float32 in {threads} processes"] = _run(
+            python, NUMPY_BANDWIDTH.format(threads=threads, passes=passes)
+        )
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
         methods["numpy failed"] = str(e)
     measured = {k: v for k, v in methods.items() if isinstance(v, float)}

@@ -16,6 +16,7 @@ peak; each run also records how much CPU other processes took meanwhile, so a re
 a number taken on a busy machine. Writes bench/results/generate.json and prints the table
 (bench/write_report.py's decoding section) with the ratios the goals are stated in.
 """
+
 import argparse
 import json
 import os
@@ -37,15 +38,55 @@ OURS, PEER = machine.OURS, machine.PEER
 # Bytes per weight: what one decode step streams per parameter (int8: the per-channel fp32 scales
 # are ~0.1% of the weights and counted as nothing).
 SYSTEMS = {
-    "ours-static": ("ours static (paddle.inference fp32)", "ours", OURS, "generate_ours.py", "static", ["--mode", "static"], 4),
-    "ours-static-onednn": ("ours static (paddle.inference fp32, oneDNN)", "ours", OURS, "generate_ours.py", "static", ["--mode", "static", "--enable_mkldnn"], 4),
+    "ours-static": (
+        "ours static (paddle.inference fp32)",
+        "ours",
+        OURS,
+        "generate_ours.py",
+        "static",
+        ["--mode", "static"],
+        4,
+    ),
+    "ours-static-onednn": (
+        "ours static (paddle.inference fp32, oneDNN)",
+        "ours",
+        OURS,
+        "generate_ours.py",
+        "static",
+        ["--mode", "static", "--enable_mkldnn"],
+        4,
+    ),
     # bf16 weights, fp32 arithmetic (the export's own op; --precision bf16 is oneDNN's conversion of an fp32 program).
     "ours-bf16": ("ours bf16-weight export", "ours", OURS, "generate_ours.py", "static-bf16", ["--mode", "static"], 2),
-    "ours-int8": ("ours weight-only int8 export", "ours", OURS, "generate_ours.py", "static-int8", ["--mode", "static", "--precision", "int8"], 1),
-    "ours-dynamic": ("ours dynamic (paddle eager fp32)", "ours", OURS, "generate_ours.py", "ckpt", ["--mode", "dynamic"], 4),
+    "ours-int8": (
+        "ours weight-only int8 export",
+        "ours",
+        OURS,
+        "generate_ours.py",
+        "static-int8",
+        ["--mode", "static", "--precision", "int8"],
+        1,
+    ),
+    "ours-dynamic": (
+        "ours dynamic (paddle eager fp32)",
+        "ours",
+        OURS,
+        "generate_ours.py",
+        "ckpt",
+        ["--mode", "dynamic"],
+        4,
+    ),
     "hf-fp32": ("HF transformers (torch fp32)", "hf", PEER, "generate_hf.py", "hf", ["--dtype", "float32"], 4),
     "hf-bf16": ("HF transformers (torch bf16)", "hf", PEER, "generate_hf.py", "hf", ["--dtype", "bfloat16"], 2),
-    "ct2-fp32": ("CTranslate2 float32", "ct2", PEER, "generate_ct2.py", "ct2-float32", ["--compute_type", "float32"], 4),
+    "ct2-fp32": (
+        "CTranslate2 float32",
+        "ct2",
+        PEER,
+        "generate_ct2.py",
+        "ct2-float32",
+        ["--compute_type", "float32"],
+        4,
+    ),
     "ct2-int8": ("CTranslate2 int8", "ct2", PEER, "generate_ct2.py", "ct2-int8", ["--compute_type", "int8"], 1),
 }
 OURS_FP32_STATIC = ("ours-static", "ours-static-onednn")
@@ -63,8 +104,20 @@ def run_worker(python: str, script: str, args, threads: int, timeout: float) -> 
     """One measurement in a fresh process; its JSON line plus how busy the rest of the machine was.
     Raises RuntimeError with the one line that says why, when the worker fails."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="3", OMP_NUM_THREADS=str(threads))
-    busy, mine, load1, began = machine.cpu_busy_seconds(), children_cpu_seconds(), os.getloadavg()[0], time.perf_counter()
-    proc = subprocess.run([python, os.path.join(ROOT, "bench", script), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    busy, mine, load1, began = (
+        machine.cpu_busy_seconds(),
+        children_cpu_seconds(),
+        os.getloadavg()[0],
+        time.perf_counter(),
+    )
+    proc = subprocess.run(
+        [python, os.path.join(ROOT, "bench", script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(one_line(proc.stderr) if proc.stderr.strip() else f"exit {proc.returncode}")
@@ -84,24 +137,42 @@ def summarise(key: str, batch: int, runs: list, errors: list, n: int, flops_per_
     tps = statistics.median(r["tokens_per_s"] for r in runs)
     weight_gbs = tps / batch * nbytes * n / 1e9  # every decode step reads every weight once, whatever the batch
     peak = facts.get("matmul_peak_gflops")
-    return {**row, "tokens_per_s": tps, "all_tokens_per_s": [r["tokens_per_s"] for r in runs],
-            "weight_read_gbs": weight_gbs, "bandwidth_share": weight_gbs / facts["bandwidth_gbs"],
-            "mfu": tps * flops_per_token / (peak * 1e9) if peak else None,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "first_tokens": runs[0]["first_row"],
-            "first_tokens_all": runs[0].get("first_tokens_all"), "compute_type": runs[0].get("compute_type"),
-            "foreign_cores": max(r["foreign_cores"] for r in runs), "load1_before": [r["load1_before"] for r in runs],
-            "error": errors[0] if errors else None}
+    return {
+        **row,
+        "tokens_per_s": tps,
+        "all_tokens_per_s": [r["tokens_per_s"] for r in runs],
+        "weight_read_gbs": weight_gbs,
+        "bandwidth_share": weight_gbs / facts["bandwidth_gbs"],
+        "mfu": tps * flops_per_token / (peak * 1e9) if peak else None,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "first_tokens": runs[0]["first_row"],
+        "first_tokens_all": runs[0].get("first_tokens_all"),
+        "compute_type": runs[0].get("compute_type"),
+        "foreign_cores": max(r["foreign_cores"] for r in runs),
+        "load1_before": [r["load1_before"] for r in runs],
+        "error": errors[0] if errors else None,
+    }
 
 
 def check_tokens(rows: list) -> None:
     """Mark each row whose greedy tokens differ from ours fp32 static at the same batch."""
     for batch in {r["batch"] for r in rows}:
-        ref = next((r for k in OURS_FP32_STATIC + ("ours-dynamic",) for r in rows
-                    if r["key"] == k and r["batch"] == batch and r["tokens_per_s"]), None)
+        ref = next(
+            (
+                r
+                for k in OURS_FP32_STATIC + ("ours-dynamic",)
+                for r in rows
+                if r["key"] == k and r["batch"] == batch and r["tokens_per_s"]
+            ),
+            None,
+        )
         for r in rows:
             if r["batch"] != batch or not r["tokens_per_s"] or ref is None or r is ref:
                 continue
-            mine, theirs = r.get("first_tokens_all") or [r["first_tokens"]], ref.get("first_tokens_all") or [ref["first_tokens"]]
+            mine, theirs = (
+                r.get("first_tokens_all") or [r["first_tokens"]],
+                ref.get("first_tokens_all") or [ref["first_tokens"]],
+            )
             r["matches_ours_fp32"] = mine == theirs
             fp32 = r["key"] in FP32_CHECKED or r["key"] in OURS_FP32_STATIC
             if not r["matches_ours_fp32"] and fp32:
@@ -110,23 +181,35 @@ def check_tokens(rows: list) -> None:
 
 def ratios(rows: list, batches) -> list:
     """The comparisons the goals are stated in (issue: decoding vs the peers users pick)."""
+
     def best(keys, batch):
         found = [r for r in rows if r["key"] in keys and r["batch"] == batch and r["tokens_per_s"]]
         return max(found, key=lambda r: r["tokens_per_s"]) if found else None
 
     ours_all = [k for k, s in SYSTEMS.items() if s[1] == "ours"]
-    specs = [("fastest ours / CTranslate2 int8", ours_all, ("ct2-int8",), {1: 1.5, 8: 1.2}),
-             ("ours fp32 static / CTranslate2 float32", OURS_FP32_STATIC, ("ct2-fp32",), {b: 1.0 for b in batches}),
-             ("fastest ours / HF torch bf16", ours_all, ("hf-bf16",), {}),
-             ("fastest ours / HF torch fp32", ours_all, ("hf-fp32",), {})]
+    specs = [
+        ("fastest ours / CTranslate2 int8", ours_all, ("ct2-int8",), {1: 1.5, 8: 1.2}),
+        ("ours fp32 static / CTranslate2 float32", OURS_FP32_STATIC, ("ct2-fp32",), {b: 1.0 for b in batches}),
+        ("fastest ours / HF torch bf16", ours_all, ("hf-bf16",), {}),
+        ("fastest ours / HF torch fp32", ours_all, ("hf-fp32",), {}),
+    ]
     out = []
     for name, ours, peer, goals in specs:
         for batch in batches:
             a, b = best(ours, batch), best(peer, batch)
             ratio = a["tokens_per_s"] / b["tokens_per_s"] if a and b else None
             goal = goals.get(batch)
-            out.append({"name": name, "batch": batch, "ratio": ratio, "ours": a["system"] if a else None, "peer": b["system"] if b else None,
-                        "goal": goal, "met": (ratio >= goal) if ratio is not None and goal else None})
+            out.append(
+                {
+                    "name": name,
+                    "batch": batch,
+                    "ratio": ratio,
+                    "ours": a["system"] if a else None,
+                    "peer": b["system"] if b else None,
+                    "goal": goal,
+                    "met": (ratio >= goal) if ratio is not None and goal else None,
+                }
+            )
     return out
 
 
@@ -137,9 +220,19 @@ def main() -> None:
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     p.add_argument("--threads", type=int, default=2, help="math threads per system")
-    p.add_argument("--busy_retries", type=int, default=2, help="re-run a measurement when other processes took more than --busy_cores meanwhile")
+    p.add_argument(
+        "--busy_retries",
+        type=int,
+        default=2,
+        help="re-run a measurement when other processes took more than --busy_cores meanwhile",
+    )
     p.add_argument("--busy_cores", type=float, default=0.3)
-    p.add_argument("--quiet_wait", type=float, default=120, help="seconds to wait, before each measurement, for other processes to leave the cores")
+    p.add_argument(
+        "--quiet_wait",
+        type=float,
+        default=120,
+        help="seconds to wait, before each measurement, for other processes to leave the cores",
+    )
     p.add_argument("--timeout", type=float, default=1200, help="seconds per measurement")
     p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "generate.json"))
     a = p.parse_args()
@@ -163,7 +256,17 @@ def main() -> None:
                 if model_dir.startswith("failed"):
                     errors[key].append(f"model: {model_dir}")
                     continue
-                args = [*flags, "--model_dir", model_dir, "--batch", str(batch), "--new_tokens", str(a.new_tokens), "--threads", str(a.threads)]
+                args = [
+                    *flags,
+                    "--model_dir",
+                    model_dir,
+                    "--batch",
+                    str(batch),
+                    "--new_tokens",
+                    str(a.new_tokens),
+                    "--threads",
+                    str(a.threads),
+                ]
                 for attempt in range(1 + a.busy_retries):
                     machine.wait_quiet(a.busy_cores, a.quiet_wait)
                     try:
@@ -174,7 +277,10 @@ def main() -> None:
                     if result["foreign_cores"] <= a.busy_cores or attempt == a.busy_retries:
                         runs[key].append(result)
                         break
-                    print(f"  {label}: other processes took {result['foreign_cores']:.2f} cores; measuring again", flush=True)
+                    print(
+                        f"  {label}: other processes took {result['foreign_cores']:.2f} cores; measuring again",
+                        flush=True,
+                    )
         for key in a.systems:
             rows.append(summarise(key, batch, runs[key], errors[key], n, flops_per_token, facts))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "first_tokens_all"}), flush=True)
@@ -188,9 +294,22 @@ def main() -> None:
         for r in rows:
             if r["tokens_per_s"]:
                 r["bandwidth_share"] = r["weight_read_gbs"] / facts["bandwidth_gbs"]
-    facts.update(load_before=load_before[0], load_after=os.getloadavg()[0], load_before_1_5_15=load_before, load_after_1_5_15=os.getloadavg())
-    out = {"machine": facts, "threads": a.threads, "params": n, "new_tokens": a.new_tokens, "prompt_tokens": 32, "rounds": a.rounds,
-           "rows": rows, "ratios": ratios(rows, a.batches)}
+    facts.update(
+        load_before=load_before[0],
+        load_after=os.getloadavg()[0],
+        load_before_1_5_15=load_before,
+        load_after_1_5_15=os.getloadavg(),
+    )
+    out = {
+        "machine": facts,
+        "threads": a.threads,
+        "params": n,
+        "new_tokens": a.new_tokens,
+        "prompt_tokens": 32,
+        "rounds": a.rounds,
+        "rows": rows,
+        "ratios": ratios(rows, a.batches),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w") as f:
         json.dump(out, f, indent=2)

@@ -13,6 +13,7 @@ Times are taken in dygraph and include Paddle's per-call dispatch (the `dispatch
 The machine may be shared: each row waits for other processes' CPU use to drop and reports what
 remained ("busy" = cores used by others during the row).
 """
+
 import argparse
 import json
 import os
@@ -28,7 +29,13 @@ import paddle  # noqa: E402
 from paddlebloom import ops  # noqa: E402
 from paddlebloom.ops.quantize import quantize_int8, to_bf16  # noqa: E402
 
-SHAPES = [("qkv", 1024, 3072), ("dense", 1024, 1024), ("h_to_4h", 1024, 4096), ("4h_to_h", 4096, 1024), ("lm_head", 1024, 250880)]
+SHAPES = [
+    ("qkv", 1024, 3072),
+    ("dense", 1024, 1024),
+    ("h_to_4h", 1024, 4096),
+    ("4h_to_h", 4096, 1024),
+    ("lm_head", 1024, 250880),
+]
 
 
 def l3_bytes() -> int:
@@ -114,14 +121,20 @@ def run(args):
     w1, s1 = (paddle.to_tensor(a) for a in quantize_int8(rng.normal(0, 0.02, (64, 64))))
     t, _ = timed(lambda w: m.weight_only_linear_int8(x1, w, s1, None), [w1], min_calls=2000)
     print(f"dispatch: one call on a 64x64 int8 weight takes {t * 1e6:.1f} us (dygraph overhead)")
-    print(f"{'shape':8} {'K':>5} {'N':>6} {'M':>2} {'thr':>3} {'format':6} {'us/call':>9} {'GB/s':>6} {'%bw':>5} {'busy':>5}")
+    print(
+        f"{'shape':8} {'K':>5} {'N':>6} {'M':>2} {'thr':>3} {'format':6} {'us/call':>9} {'GB/s':>6} {'%bw':>5} {'busy':>5}"
+    )
     for name, K, N in SHAPES:
         if args.shapes and name not in args.shapes:
             continue
         w32 = rng.normal(0, 0.02, (N, K)).astype(np.float32)
         q, scale = quantize_int8(w32)
         fmts = {
-            "int8": (N * K, lambda: paddle.to_tensor(q), lambda x, w, s=paddle.to_tensor(scale): m.weight_only_linear_int8(x, w, s, None)),
+            "int8": (
+                N * K,
+                lambda: paddle.to_tensor(q),
+                lambda x, w, s=paddle.to_tensor(scale): m.weight_only_linear_int8(x, w, s, None),
+            ),
             "bf16": (2 * N * K, lambda: to_bf16(w32), lambda x, w: m.weight_only_linear_bf16(x, w, None)),
             "fp32": (4 * N * K, lambda: paddle.to_tensor(w32.T.copy()), lambda x, w: paddle.matmul(x, w)),
         }
@@ -136,26 +149,60 @@ def run(args):
                     wait_quiet()
                     t, busy = timed(lambda w: call(x, w), pool)
                     gbs = nbytes / t / 1e9
-                    row = dict(shape=name, K=K, N=N, M=M, threads=nt, format=fmt, us=t * 1e6, gbs=gbs,
-                               pct_bw=100 * gbs / bw[nt][0], busy=busy, gflops=2 * M * N * K / t / 1e9)
+                    row = dict(
+                        shape=name,
+                        K=K,
+                        N=N,
+                        M=M,
+                        threads=nt,
+                        format=fmt,
+                        us=t * 1e6,
+                        gbs=gbs,
+                        pct_bw=100 * gbs / bw[nt][0],
+                        busy=busy,
+                        gflops=2 * M * N * K / t / 1e9,
+                    )
                     rows.append(row)
-                    print(f"{name:8} {K:5} {N:6} {M:2} {nt:3} {fmt:6} {t * 1e6:9.0f} {gbs:6.1f} {row['pct_bw']:5.0f} {busy:5.2f}", flush=True)
+                    print(
+                        f"{name:8} {K:5} {N:6} {M:2} {nt:3} {fmt:6} {t * 1e6:9.0f} {gbs:6.1f} {row['pct_bw']:5.0f} {busy:5.2f}",
+                        flush=True,
+                    )
             del pool
     # Thread scaling where compute, not memory, bounds the call: one hot weight, M=64 rows.
     K, N, M = 1024, 3072, 64
     w32 = rng.normal(0, 0.02, (N, K)).astype(np.float32)
     q, scale = (paddle.to_tensor(a) for a in quantize_int8(w32))
     wb, x = to_bf16(w32), paddle.to_tensor(rng.standard_normal((M, K), dtype=np.float32))
-    for fmt, call in (("int8", lambda w: m.weight_only_linear_int8(x, w, scale, None)), ("bf16", lambda w: m.weight_only_linear_bf16(x, w, None))):
+    for fmt, call in (
+        ("int8", lambda w: m.weight_only_linear_int8(x, w, scale, None)),
+        ("bf16", lambda w: m.weight_only_linear_bf16(x, w, None)),
+    ):
         t = {}
         for nt in args.threads:
             set_threads(nt)
             wait_quiet()
             t[nt], busy = timed(call, [q if fmt == "int8" else wb], reps=5)
-            rows.append(dict(shape="compute", K=K, N=N, M=M, threads=nt, format=fmt, us=t[nt] * 1e6, gflops=2 * M * N * K / t[nt] / 1e9, busy=busy))
+            rows.append(
+                dict(
+                    shape="compute",
+                    K=K,
+                    N=N,
+                    M=M,
+                    threads=nt,
+                    format=fmt,
+                    us=t[nt] * 1e6,
+                    gflops=2 * M * N * K / t[nt] / 1e9,
+                    busy=busy,
+                )
+            )
         first = args.threads[0]
-        print(f"compute-bound {fmt} M={M} K={K} N={N} (hot weight): " + ", ".join(
-            f"{nt} thr {2 * M * N * K / t[nt] / 1e9:.0f} GFLOP/s ({t[first] / t[nt]:.2f}x)" for nt in args.threads), flush=True)
+        print(
+            f"compute-bound {fmt} M={M} K={K} N={N} (hot weight): "
+            + ", ".join(
+                f"{nt} thr {2 * M * N * K / t[nt] / 1e9:.0f} GFLOP/s ({t[first] / t[nt]:.2f}x)" for nt in args.threads
+            ),
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "bandwidth": {str(k): v[0] for k, v in bw.items()}, "rows": rows}, f, indent=1)
@@ -166,7 +213,9 @@ def main():
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     p.add_argument("--threads", type=ints, default=[1, 2])
     p.add_argument("--rows", type=ints, default=[1, 8])
-    p.add_argument("--shapes", type=lambda s: s.split(","), default=None, help="subset of " + ",".join(s[0] for s in SHAPES))
+    p.add_argument(
+        "--shapes", type=lambda s: s.split(","), default=None, help="subset of " + ",".join(s[0] for s in SHAPES)
+    )
     p.add_argument("--formats", type=lambda s: s.split(","), default=None, help="subset of int8,bf16,fp32")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--isa", default=None, help="force a kernel family (PADDLEBLOOM_ISA): scalar, avx2, avx512, vnni")

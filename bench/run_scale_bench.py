@@ -9,6 +9,7 @@
    such ranks, and DP=2 with --sharding stage1.
 Writes bench/results/scale.json and scale.md (bench/write_report.py appends it to BENCHMARKS.md).
 """
+
 import argparse
 import json
 import os
@@ -28,9 +29,18 @@ WORKER = os.path.join(ROOT, "bench", "train_parallel.py")
 def run(nproc: int, *args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        launcher = ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(tmp, "log"), "--nproc_per_node", str(nproc)] if nproc > 1 else []
-        proc = subprocess.run([PY, *launcher, WORKER, *args, "--out", out], capture_output=True, text=True, timeout=3600,
-                              env=dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="3"))
+        launcher = (
+            ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(tmp, "log"), "--nproc_per_node", str(nproc)]
+            if nproc > 1
+            else []
+        )
+        proc = subprocess.run(
+            [PY, *launcher, WORKER, *args, "--out", out],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env=dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="3"),
+        )
         if proc.returncode != 0 or not os.path.exists(out):
             log = os.path.join(tmp, "log", "workerlog.0")
             tail = open(log, errors="replace").read()[-1500:] if os.path.exists(log) else proc.stderr[-1500:]
@@ -49,43 +59,78 @@ def allreduce_rows(rounds: int, steps: int) -> dict:
     for _ in range(rounds):
         runs["bucketed"].append(run(2, "--shape", "a", "--steps", str(steps)))
         runs["per_parameter"].append(run(2, "--shape", "a", "--steps", str(steps), "--per_parameter"))
-    rows = {mode: {"step_s": statistics.median(r["step_s"] for r in rs), "sync_s": statistics.median(r["sync_s"] for r in rs),
-                   "collectives_per_step": rs[0]["collectives_per_step"], "runs": len(rs)} for mode, rs in runs.items()}
-    return {"rows": rows, "tokens_per_rank": runs["bucketed"][0]["tokens_per_rank"],
-            "sync_ratio": rows["per_parameter"]["sync_s"] / rows["bucketed"]["sync_s"],
-            "step_ratio": rows["per_parameter"]["step_s"] / rows["bucketed"]["step_s"]}
+    rows = {
+        mode: {
+            "step_s": statistics.median(r["step_s"] for r in rs),
+            "sync_s": statistics.median(r["sync_s"] for r in rs),
+            "collectives_per_step": rs[0]["collectives_per_step"],
+            "runs": len(rs),
+        }
+        for mode, rs in runs.items()
+    }
+    return {
+        "rows": rows,
+        "tokens_per_rank": runs["bucketed"][0]["tokens_per_rank"],
+        "sync_ratio": rows["per_parameter"]["sync_s"] / rows["bucketed"]["sync_s"],
+        "step_ratio": rows["per_parameter"]["step_s"] / rows["bucketed"]["step_s"],
+    }
 
 
 def memory_rows(seq: int) -> list:
     flags = ["--shape", "b", "--steps", "1", "--seq", str(seq)]
     one = run(1, *flags)
     rows = [{"run": "1 process, no sharding", **one}]
-    need = 2 * one["ranks"][0]["peak_rss_mb"] + 4096  # headroom: the machine is shared, the OOM killer would pick a bystander too
+    need = (
+        2 * one["ranks"][0]["peak_rss_mb"] + 4096
+    )  # headroom: the machine is shared, the OOM killer would pick a bystander too
     if mem_available_mb() > need:
         rows.append({"run": "DP=2, no sharding", **run(2, *flags)})
     else:
-        rows.append({"run": "DP=2, no sharding", "skipped": f"two ranks need ~{need / 1024:.0f} GB, {mem_available_mb() / 1024:.0f} GB available"})
+        rows.append(
+            {
+                "run": "DP=2, no sharding",
+                "skipped": f"two ranks need ~{need / 1024:.0f} GB, {mem_available_mb() / 1024:.0f} GB available",
+            }
+        )
     rows.append({"run": "DP=2, --sharding stage1", **run(2, *flags, "--sharding", "stage1")})
     return rows
 
 
 def markdown(data: dict) -> str:
-    lines = ["## Scale-out on fleet (CPU, gloo over loopback)", "",
-             f"Noisy: measured on {os.cpu_count()} cores shared with other jobs; 2 ranks get 1 core each."]
+    lines = [
+        "## Scale-out on fleet (CPU, gloo over loopback)",
+        "",
+        f"Noisy: measured on {os.cpu_count()} cores shared with other jobs; 2 ranks get 1 core each.",
+    ]
     if data.get("allreduce"):
         d = data["allreduce"]
-        lines += ["", f"Data-parallel gradient sum, DP=2, shape (a) ({params(SHAPES['a']) / 1e6:.1f}M parameters, {d['tokens_per_rank']} tokens per rank), "
-                  f"median of {d['rows']['bucketed']['runs']} runs x {data['steps']} steps:", "",
-                  "| gradient all-reduce | collectives per step | gradient sum | whole step |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Data-parallel gradient sum, DP=2, shape (a) ({params(SHAPES['a']) / 1e6:.1f}M parameters, {d['tokens_per_rank']} tokens per rank), "
+            f"median of {d['rows']['bucketed']['runs']} runs x {data['steps']} steps:",
+            "",
+            "| gradient all-reduce | collectives per step | gradient sum | whole step |",
+            "|---|---|---|---|",
+        ]
         for mode in ("per_parameter", "bucketed"):
             r = d["rows"][mode]
-            lines.append(f"| {mode.replace('_', ' ')} | {r['collectives_per_step']} | {r['sync_s'] * 1000:.0f} ms | {r['step_s']:.2f} s |")
-        lines += ["", f"Buckets vs per parameter: gradient sum **{d['sync_ratio']:.2f}x** as fast, whole step {d['step_ratio']:.2f}x. "
-                  "The gradient sum is timed after a barrier (communication only; without it, rank 0 also waits for the other rank's backward). "
-                  "Gloo runs each collective to completion inside the call, so neither overlaps backward here."]
+            lines.append(
+                f"| {mode.replace('_', ' ')} | {r['collectives_per_step']} | {r['sync_s'] * 1000:.0f} ms | {r['step_s']:.2f} s |"
+            )
+        lines += [
+            "",
+            f"Buckets vs per parameter: gradient sum **{d['sync_ratio']:.2f}x** as fast, whole step {d['step_ratio']:.2f}x. "
+            "The gradient sum is timed after a barrier (communication only; without it, rank 0 also waits for the other rank's backward). "
+            "Gloo runs each collective to completion inside the call, so neither overlaps backward here.",
+        ]
     if data.get("memory"):
-        lines += ["", f"Full fine-tuning memory per rank, bloom-560m shape ({params(SHAPES['b']) / 1e6:.0f}M parameters), 1 x {data['memory_seq']} tokens, one step:", "",
-                  "| run | optimizer state per rank | peak RSS per rank |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Full fine-tuning memory per rank, bloom-560m shape ({params(SHAPES['b']) / 1e6:.0f}M parameters), 1 x {data['memory_seq']} tokens, one step:",
+            "",
+            "| run | optimizer state per rank | peak RSS per rank |",
+            "|---|---|---|",
+        ]
         for r in data["memory"]:
             if r.get("skipped"):
                 lines.append(f"| {r['run']} | skipped: {r['skipped']} | - |")
@@ -93,9 +138,12 @@ def markdown(data: dict) -> str:
             state = " / ".join(f"{x['optimizer_state_bytes'] / 2**30:.2f} GiB" for x in r["ranks"])
             rss = " / ".join(f"{x['peak_rss_mb']:.0f} MB" for x in r["ranks"])
             lines.append(f"| {r['run']} | {state} | {rss} |")
-        lines += ["", "A data-parallel rank without sharding holds what one process holds (plus one 32 MB gradient bucket). "
-                  "Stage 1 shards only the Adam state (fleet splits whole tensors, so the halves differ by up to one tensor's state); "
-                  "stage 2/3 (gradients, parameters) need a GPU in Paddle 3.3.1. bench/run_scale_bench.py."]
+        lines += [
+            "",
+            "A data-parallel rank without sharding holds what one process holds (plus one 32 MB gradient bucket). "
+            "Stage 1 shards only the Adam state (fleet splits whole tensors, so the halves differ by up to one tensor's state); "
+            "stage 2/3 (gradients, parameters) need a GPU in Paddle 3.3.1. bench/run_scale_bench.py.",
+        ]
     return "\n".join(lines)
 
 
@@ -103,7 +151,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--memory_seq", type=int, default=128, help="tokens of the bloom-560m-shaped memory runs (activations stay small beside the state)")
+    p.add_argument(
+        "--memory_seq",
+        type=int,
+        default=128,
+        help="tokens of the bloom-560m-shaped memory runs (activations stay small beside the state)",
+    )
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--skip_allreduce", action="store_true")
     a = p.parse_args()

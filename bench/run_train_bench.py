@@ -6,6 +6,7 @@ Each measurement is a fresh process (so peak RSS is its own); the two systems al
 (ours, peer, ours, peer ...) so drifting machine load hits both; medians are reported.
 Writes bench/results/train.json; bench/write_report.py turns results into BENCHMARKS.md.
 """
+
 import argparse
 import json
 import os
@@ -32,7 +33,9 @@ MATMUL_PEAK = {
 
 def run(python: str, script: str, *args) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_minloglevel="3")
-    proc = subprocess.run([python, os.path.join(ROOT, "bench", script), *args], capture_output=True, text=True, env=env, timeout=3600)
+    proc = subprocess.run(
+        [python, os.path.join(ROOT, "bench", script), *args], capture_output=True, text=True, env=env, timeout=3600
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -44,7 +47,12 @@ def matmul_peak(python: str, samples: int = 3) -> float:
     threads = os.cpu_count() or 1
     best = 0.0
     for _ in range(samples):
-        out = subprocess.run([python, "-c", MATMUL_PEAK[python].format(t=threads)], capture_output=True, text=True, env=dict(os.environ, GLOG_minloglevel="3"))
+        out = subprocess.run(
+            [python, "-c", MATMUL_PEAK[python].format(t=threads)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, GLOG_minloglevel="3"),
+        )
         best = max(best, float(out.stdout.strip().splitlines()[-1]))
     return best
 
@@ -55,8 +63,10 @@ def earlier_rows(path: str, rerun_shapes) -> dict:
         return {"rows": [], "recompute": []}
     with open(path) as f:
         old = json.load(f)
-    return {"rows": [r for r in old.get("rows", []) if r["shape"] not in rerun_shapes],
-            "recompute": [] if "b" in rerun_shapes else old.get("recompute", [])}
+    return {
+        "rows": [r for r in old.get("rows", []) if r["shape"] not in rerun_shapes],
+        "recompute": [] if "b" in rerun_shapes else old.get("recompute", []),
+    }
 
 
 def main() -> None:
@@ -73,25 +83,44 @@ def main() -> None:
         for method in ("full", "lora"):
             runs = {"paddlebloom": [], "hf+peft": []}
             for _ in range(a.rounds):
-                runs["paddlebloom"].append(run(OURS, "train_ours.py", "--shape", shape, "--method", method, "--steps", str(steps)))
-                runs["hf+peft"].append(run(PEER, "train_hf.py", "--shape", shape, "--method", method, "--steps", str(steps)))
+                runs["paddlebloom"].append(
+                    run(OURS, "train_ours.py", "--shape", shape, "--method", method, "--steps", str(steps))
+                )
+                runs["hf+peft"].append(
+                    run(PEER, "train_hf.py", "--shape", shape, "--method", method, "--steps", str(steps))
+                )
             for system, results in runs.items():
                 tps = statistics.median(r["tokens_per_s"] for r in results)
-                rows.append({"shape": shape, "method": method, "system": system, "tokens_per_s": tps,
-                             "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
-                             "mfu": tps * train_flops_per_token(SHAPES[shape], method) / (machine_peak * 1e9), "runs": len(results)})
+                rows.append(
+                    {
+                        "shape": shape,
+                        "method": method,
+                        "system": system,
+                        "tokens_per_s": tps,
+                        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+                        "mfu": tps * train_flops_per_token(SHAPES[shape], method) / (machine_peak * 1e9),
+                        "runs": len(results),
+                    }
+                )
             print(json.dumps(rows[-2:]), flush=True)
     recompute = []
     if "b" in a.shapes:
         for flag in ([], ["--recompute"]):
             r = run(OURS, "train_ours.py", "--shape", "b", "--method", "full", "--steps", "1", *flag)
-            recompute.append({"recompute": bool(flag), "peak_rss_mb": r["peak_rss_mb"], "tokens_per_s": r["tokens_per_s"]})
+            recompute.append(
+                {"recompute": bool(flag), "peak_rss_mb": r["peak_rss_mb"], "tokens_per_s": r["tokens_per_s"]}
+            )
     path = os.path.join(ROOT, "bench", "results", "train.json")
     kept = earlier_rows(path, a.shapes)  # a run of some shapes keeps the others' results
     rows = kept["rows"] + rows
     for r in rows:  # one peak for every row, this run's
         r["mfu"] = r["tokens_per_s"] * train_flops_per_token(SHAPES[r["shape"]], r["method"]) / (machine_peak * 1e9)
-    out = {"machine": {"cores": os.cpu_count(), **peaks}, "params": {k: params(v) for k, v in SHAPES.items()}, "rows": rows, "recompute": recompute or kept["recompute"]}
+    out = {
+        "machine": {"cores": os.cpu_count(), **peaks},
+        "params": {k: params(v) for k, v in SHAPES.items()},
+        "rows": rows,
+        "recompute": recompute or kept["recompute"],
+    }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)

@@ -2,6 +2,7 @@
 
 Runs in the bench venv (.venv-hf), never imported by the suite.
 """
+
 import json
 import os
 import statistics
@@ -21,16 +22,22 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     s = SHAPES[a.shape]
-    model = BloomForCausalLM(BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]))
+    model = BloomForCausalLM(
+        BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"])
+    )
     if a.recompute:
         model.gradient_checkpointing_enable()
     if a.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query_key_value"]))
+        model = get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query_key_value"])
+        )
     model.train()
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-    ids = torch.from_numpy(np.random.RandomState(0).randint(4, s["vocab"], size=(s["batch"], s["seq"] + 1)).astype(np.int64))
+    ids = torch.from_numpy(
+        np.random.RandomState(0).randint(4, s["vocab"], size=(s["batch"], s["seq"] + 1)).astype(np.int64)
+    )
     times = []
     for _ in range(a.steps + 1):
         t = time.perf_counter()
@@ -41,7 +48,16 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
     step = statistics.median(times[1:])
-    print(json.dumps({"system": "hf+peft", "tokens_per_s": s["batch"] * s["seq"] / step, "step_s": step, "peak_rss_mb": peak_rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "system": "hf+peft",
+                "tokens_per_s": s["batch"] * s["seq"] / step,
+                "step_s": step,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

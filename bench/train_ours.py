@@ -1,4 +1,5 @@
 """One benchmark run of this suite's training step (the trainer's own train_step)."""
+
 import json
 import os
 import statistics
@@ -24,13 +25,28 @@ def main() -> None:
     use_all_cores()
     s = SHAPES[a.shape]
     paddle.seed(0)
-    model = BloomForCausalLM(BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]))
-    flags = ["--model_name_or_path", "-", "--output_dir", "-", "--train_file", "-", "--learning_rate", "1e-4", "--max_grad_norm", "1.0"]
+    model = BloomForCausalLM(
+        BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"])
+    )
+    flags = [
+        "--model_name_or_path",
+        "-",
+        "--output_dir",
+        "-",
+        "--train_file",
+        "-",
+        "--learning_rate",
+        "1e-4",
+        "--max_grad_norm",
+        "1.0",
+    ]
     if a.method == "lora":
         from paddlebloom.lora.config import LoRAConfig
         from paddlebloom.lora.model import LoRA
 
-        LoRA(LoRAConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("query_key_value"))).apply(model)
+        LoRA(
+            LoRAConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("query_key_value"))
+        ).apply(model)
     model.set_recompute(a.recompute)
     model.train()
     args = parse_args(flags)
@@ -43,7 +59,16 @@ def main() -> None:
         train_step(model, optimizer, named, batch, args)
         times.append(time.perf_counter() - t)
     step = statistics.median(times[1:])
-    print(json.dumps({"system": "paddlebloom", "tokens_per_s": s["batch"] * s["seq"] / step, "step_s": step, "peak_rss_mb": peak_rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "system": "paddlebloom",
+                "tokens_per_s": s["batch"] * s["seq"] / step,
+                "step_s": step,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Rank 0 writes one JSON: the median step time, the time and number of collectives of the
 data-parallel gradient sum, and every rank's peak RSS and optimizer-state bytes.
 """
+
 import argparse
 import json
 import os
@@ -48,12 +49,28 @@ def main() -> None:
     a = p.parse_args()
     quiet()
     use_all_cores()
-    args = parse_args(["--model_name_or_path", "-", "--output_dir", "-", "--train_file", "-", "--learning_rate", "1e-4", "--sharding", a.sharding])
+    args = parse_args(
+        [
+            "--model_name_or_path",
+            "-",
+            "--output_dir",
+            "-",
+            "--train_file",
+            "-",
+            "--learning_rate",
+            "1e-4",
+            "--sharding",
+            a.sharding,
+        ]
+    )
     ctx = init_parallel(1, resolve_sharding_degree(args))
     s = SHAPES[a.shape]
     seq = a.seq or s["seq"]
     paddle.seed(0)
-    model = BloomForCausalLM(BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]), parallel=ctx)
+    model = BloomForCausalLM(
+        BloomConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], n_layer=s["layers"], n_head=s["heads"]),
+        parallel=ctx,
+    )
     model.train()
     optimizer, _, named = optim.build_optimizer(model, args, 100)
 
@@ -82,10 +99,18 @@ def main() -> None:
         ranks = []
         dist.all_gather_object(ranks, mine)
     if world_size() == 1 or dist.get_rank() == 0:
-        result = {"shape": a.shape, "tokens_per_rank": s["batch"] * seq, "processes": world_size(), "data_parallel": ctx.data_degree,
-                  "sharding": ctx.sharding_degree, "allreduce": "per_parameter" if a.per_parameter else "bucketed",
-                  "step_s": statistics.median(steps[1:]), "sync_s": statistics.median(syncs[1:]), "collectives_per_step": sync["collectives"],
-                  "ranks": ranks}
+        result = {
+            "shape": a.shape,
+            "tokens_per_rank": s["batch"] * seq,
+            "processes": world_size(),
+            "data_parallel": ctx.data_degree,
+            "sharding": ctx.sharding_degree,
+            "allreduce": "per_parameter" if a.per_parameter else "bucketed",
+            "step_s": statistics.median(steps[1:]),
+            "sync_s": statistics.median(syncs[1:]),
+            "collectives_per_step": sync["collectives"],
+            "ranks": ranks,
+        }
         with open(a.out, "w") as f:
             json.dump(result, f)
 

@@ -1,4 +1,5 @@
 """Perplexity (WikiText) or LAMBADA cloze accuracy of a BLOOM checkpoint; see paddlebloom/evaluation/run_lm.py."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Instruction evaluation (BELLE eval set) with an optional LLM judge; see paddlebloom/evaluation/instruct.py."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Thin entry point: see paddlebloom/export/cli.py."""
+
 import os
 import sys
 

@@ -1,9 +1,10 @@
 """Fine-tune BLOOM (full, tensor-parallel, LoRA, prefix).
 
-    python finetune/finetune_generation.py --model_name_or_path DIR --train_file data.json --output_dir out
-    python -m paddle.distributed.launch --nproc_per_node 2 finetune/finetune_generation.py ... --tensor_parallel_degree 2
-    python finetune/finetune_generation.py config.json [--flag value ...]   (PaddleNLP llm-style: flat JSON of flag names)
+python finetune/finetune_generation.py --model_name_or_path DIR --train_file data.json --output_dir out
+python -m paddle.distributed.launch --nproc_per_node 2 finetune/finetune_generation.py ... --tensor_parallel_degree 2
+python finetune/finetune_generation.py config.json [--flag value ...]   (PaddleNLP llm-style: flat JSON of flag names)
 """
+
 import os
 import sys
 

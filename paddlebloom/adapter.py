@@ -19,6 +19,7 @@ which kind they hold:
 with `adapter_of(model)` (a model nobody adapted has the null adapter).
 An adapter directory holds PaddleNLP's files: a JSON config and full-size weights.
 """
+
 import json
 import os
 from dataclasses import asdict, fields, replace
@@ -161,7 +162,9 @@ def save_config(config, path: str) -> None:
 
 def load_config(cls, path: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.path.dirname(path) or '.'}: no {os.path.basename(path)} (not a {cls.__name__} adapter directory)")
+        raise FileNotFoundError(
+            f"{os.path.dirname(path) or '.'}: no {os.path.basename(path)} (not a {cls.__name__} adapter directory)"
+        )
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     known = {f.name for f in fields(cls)}

@@ -2,12 +2,12 @@
 
 Kept free of Paddle so light tools (sampling a huge file) do not pay for importing it.
 """
+
 import contextlib
 import os
 import shutil
 import tempfile
 from typing import Callable
-
 
 # What every directory this suite writes holds (a model, an adapter, an export, a token store):
 # an existing directory with none of them is someone else's, and replacing it would delete it.
@@ -16,8 +16,14 @@ OUTPUT_MARKERS = ("config.json", "lora_config.json", "prefix_config.json", "expo
 
 def check_replaceable(target: str) -> None:
     """Callers with slow work before writing check first, so the error comes before the work."""
-    if os.path.isdir(target) and os.listdir(target) and not any(os.path.exists(os.path.join(target, m)) for m in OUTPUT_MARKERS):
-        raise ValueError(f"{os.path.abspath(target)} holds files this suite did not write; refusing to replace it (write to a new or empty directory)")
+    if (
+        os.path.isdir(target)
+        and os.listdir(target)
+        and not any(os.path.exists(os.path.join(target, m)) for m in OUTPUT_MARKERS)
+    ):
+        raise ValueError(
+            f"{os.path.abspath(target)} holds files this suite did not write; refusing to replace it (write to a new or empty directory)"
+        )
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 The prompt is the conversation so far in the fine-tuning template, opened by --system if given;
 when it no longer fits in --src_length tokens the oldest turns are dropped first.
 """
+
 import argparse
 import sys
 from typing import List, Tuple
@@ -27,7 +28,7 @@ class StreamPrinter:
         self.ids.append(step[0])
         text = self.tokenizer.decode(self.ids)
         if not text.endswith("\ufffd"):
-            self.out.write(text[len(self.shown):])
+            self.out.write(text[len(self.shown) :])
             self.out.flush()
             self.shown = text
 
@@ -67,7 +68,10 @@ def main(argv=None) -> int:
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--lora_path")
     p.add_argument("--prefix_path")
-    p.add_argument("--system", help="system prompt opening the conversation (written as --template writes one; kept when old turns are dropped)")
+    p.add_argument(
+        "--system",
+        help="system prompt opening the conversation (written as --template writes one; kept when old turns are dropped)",
+    )
     add_generation_flags(p)
     args = p.parse_args(argv)
     return run_main("chat.py", lambda: chat(args))

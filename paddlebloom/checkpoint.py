@@ -4,6 +4,7 @@ A checkpoint directory holds config.json, the tokenizer files and the weights (w
 and writes every weight layout). Loading takes this rank's share of the weights whatever the
 degree on disk; saving gathers the shards (or keeps one file per rank) and writes atomically.
 """
+
 import os
 import shutil
 from typing import Callable, Dict, Optional
@@ -22,6 +23,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 
 
 # ---------------------------------------------------------------- loading
+
 
 def assign_full_values(model: paddle.nn.Layer, full: Dict[str, np.ndarray], where: str = "") -> None:
     """Set the model's parameters named in `full` from full-size arrays, each rank taking its slice
@@ -49,11 +51,14 @@ def load_into(model: paddle.nn.Layer, directory: str, strict: bool = True, autod
         if name in state:
             value = state[name]
             if tuple(value.shape) != tuple(param.shape):
-                raise ValueError(f"{directory}: {name} has shape {list(value.shape)}, the model expects {list(param.shape)}")
+                raise ValueError(
+                    f"{directory}: {name} has shape {list(value.shape)}, the model expects {list(param.shape)}"
+                )
             param.set_value(value.astype(param.numpy().dtype if param.dtype != paddle.bfloat16 else np.float32))
 
 
 # ---------------------------------------------------------------- saving
+
 
 def copy_tokenizer(src_dir: str, dst_dir: str) -> None:
     for name in TOKENIZER_FILES:
@@ -80,7 +85,14 @@ def gather_full_state(state: Dict[str, paddle.Tensor], ctx: ParallelContext) -> 
     return out if ctx.tp_rank == 0 else None
 
 
-def save_checkpoint(model, directory: str, config: BloomConfig, tokenizer_dir: Optional[str] = None, merge: bool = True, extra: Optional[Callable[[str], None]] = None) -> None:
+def save_checkpoint(
+    model,
+    directory: str,
+    config: BloomConfig,
+    tokenizer_dir: Optional[str] = None,
+    merge: bool = True,
+    extra: Optional[Callable[[str], None]] = None,
+) -> None:
     """Write the model to `directory` atomically (collective under TP).
 
     merge=True writes one ordinary checkpoint; merge=False one shard per TP rank.

@@ -1,6 +1,7 @@
 """How every script starts and ends: upstream import noise filtered, a user error reported in one
 line on stderr with exit status 2 and no traceback. Kept free of Paddle (light tools import it).
 """
+
 import os
 import sys
 import traceback

@@ -1,4 +1,5 @@
 """BLOOM's config.json, read and written in the form PaddleNLP's BloomConfig and Hugging Face accept."""
+
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -37,7 +38,11 @@ class BloomConfig:
     def from_dict(cls, raw: dict) -> "BloomConfig":
         raw = dict(raw)
         # Hugging Face / Megatron spellings of the same fields.
-        for alias, name in (("n_embed", "hidden_size"), ("num_attention_heads", "n_head"), ("num_hidden_layers", "n_layer")):
+        for alias, name in (
+            ("n_embed", "hidden_size"),
+            ("num_attention_heads", "n_head"),
+            ("num_hidden_layers", "n_layer"),
+        ):
             if alias in raw and name not in raw:
                 raw[name] = raw[alias]
         known = {f.name for f in fields(cls)}

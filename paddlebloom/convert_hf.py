@@ -8,6 +8,7 @@ tokenizer (tokenizer.json, or vocab.json + merges.txt). Safetensors are read dir
 raw bytes), bfloat16 included, so neither torch nor a GPU is needed. Linear weights are
 transposed ([out, in] → Paddle's [in, out]); the tied lm_head is dropped.
 """
+
 import argparse
 import json
 import os
@@ -32,7 +33,9 @@ def read_hf_weights(hf_dir: str) -> Dict[str, np.ndarray]:
     if state is not None:
         return state
     if any(f.endswith(".bin") for f in os.listdir(hf_dir)):
-        raise FileNotFoundError(f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., safe_serialization=True))")
+        raise FileNotFoundError(
+            f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
+        )
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -41,7 +44,7 @@ def to_paddle_names(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     for name, value in state.items():
         if name.startswith("lm_head."):
             continue  # tied to the word embeddings
-        key = "bloom." + (name[len("transformer."):] if name.startswith("transformer.") else name)
+        key = "bloom." + (name[len("transformer.") :] if name.startswith("transformer.") else name)
         value = value.astype(np.float32) if value.dtype in (np.float16, np.float64) else value
         out[key] = np.ascontiguousarray(value.T) if key.endswith(_LINEARS) else value
     return out
@@ -59,7 +62,9 @@ def convert(hf_dir: str, output_dir: str) -> dict:
     state = to_paddle_names(read_hf_weights(hf_dir))
     expected = config.vocab_size, config.hidden_size
     if tuple(state["bloom.word_embeddings.weight"].shape) != expected:
-        raise ValueError(f"{hf_dir}: word embeddings {state['bloom.word_embeddings.weight'].shape} do not match config {expected}")
+        raise ValueError(
+            f"{hf_dir}: word embeddings {state['bloom.word_embeddings.weight'].shape} do not match config {expected}"
+        )
     tokenizer = BloomTokenizer.from_pretrained(hf_dir)  # validates BLOOM's special tokens
     with atomic_directory(output_dir) as tmp:
         save_weights(state, os.path.join(tmp, WEIGHTS))
@@ -68,7 +73,12 @@ def convert(hf_dir: str, output_dir: str) -> dict:
         for name in TOKENIZER_FILES:  # keep the original files where they exist (exact tokenizer.json)
             if os.path.isfile(os.path.join(hf_dir, name)) and name != "tokenizer_config.json":
                 shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, name))
-    return {"parameters": int(sum(v.size for v in state.values())), "layers": config.n_layer, "hidden": config.hidden_size, "vocab": config.vocab_size}
+    return {
+        "parameters": int(sum(v.size for v in state.values())),
+        "layers": config.n_layer,
+        "hidden": config.hidden_size,
+        "vocab": config.vocab_size,
+    }
 
 
 def to_hf(model_dir: str, output_dir: str) -> dict:
@@ -77,7 +87,7 @@ def to_hf(model_dir: str, output_dir: str) -> dict:
     config = BloomConfig.load(model_dir)
     state = {}
     for name, value in read_state_for_rank(model_dir).items():
-        key = "transformer." + name[len("bloom."):]
+        key = "transformer." + name[len("bloom.") :]
         state[key] = np.ascontiguousarray(value.T) if key.endswith(_LINEARS) else value
     with atomic_directory(output_dir) as tmp:
         save_safetensors(state, os.path.join(tmp, "model.safetensors"))
@@ -91,7 +101,9 @@ def to_hf(model_dir: str, output_dir: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Convert a Hugging Face BLOOM directory to a paddlebloom checkpoint (or back with --to_hf).")
+    p = argparse.ArgumentParser(
+        description="Convert a Hugging Face BLOOM directory to a paddlebloom checkpoint (or back with --to_hf)."
+    )
     p.add_argument("--hf_dir", help="the Hugging Face model directory to read")
     p.add_argument("--to_hf", action="store_true", help="the other way: write --model_dir as a Hugging Face directory")
     p.add_argument("--model_dir", help="with --to_hf: our checkpoint to read")

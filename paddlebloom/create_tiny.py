@@ -6,6 +6,7 @@
 The result loads here (`--model_name_or_path DIR`) and in plain PaddleNLP
 (`BloomForCausalLM.from_pretrained`, `AutoTokenizer.from_pretrained`).
 """
+
 import argparse
 import json
 import os
@@ -36,8 +37,16 @@ def read_corpus(paths: List[str]) -> List[str]:
     return texts
 
 
-def create_tiny(output_dir: str, vocab_size: int = 2000, hidden_size: int = 64, n_layer: int = 2, n_head: int = 4,
-                corpus: Optional[List[str]] = None, seed: int = 0, max_position_hint: int = 2048) -> str:
+def create_tiny(
+    output_dir: str,
+    vocab_size: int = 2000,
+    hidden_size: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    corpus: Optional[List[str]] = None,
+    seed: int = 0,
+    max_position_hint: int = 2048,
+) -> str:
     if hidden_size % n_head:
         raise ValueError(f"--hidden_size {hidden_size} is not divisible by --n_head {n_head}")
     texts = read_corpus(corpus) if corpus else generated.sentences(4000, seed)
@@ -55,7 +64,11 @@ def create_tiny(output_dir: str, vocab_size: int = 2000, hidden_size: int = 64, 
         config.save(tmp)
         tokenizer.save_pretrained(tmp, model_max_length=max_position_hint)
         with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
-            json.dump({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "decode_strategy": "greedy_search"}, f, indent=2)
+            json.dump(
+                {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "decode_strategy": "greedy_search"},
+                f,
+                indent=2,
+            )
     return output_dir
 
 
@@ -67,11 +80,15 @@ def main(argv=None) -> int:
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--n_layer", type=int, default=2)
     p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--corpus", nargs="*", help="text/JSON files to train the tokenizer on (default: a generated zh+en corpus)")
+    p.add_argument(
+        "--corpus", nargs="*", help="text/JSON files to train the tokenizer on (default: a generated zh+en corpus)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        create_tiny(args.output_dir, args.vocab_size, args.hidden_size, args.n_layer, args.n_head, args.corpus, args.seed)
+        create_tiny(
+            args.output_dir, args.vocab_size, args.hidden_size, args.n_layer, args.n_head, args.corpus, args.seed
+        )
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"create_tiny: error: {e}", file=sys.stderr)
         return 2

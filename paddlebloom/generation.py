@@ -5,6 +5,7 @@ choose the same tokens. Works unchanged under tensor parallelism: each rank keep
 cache, logits are gathered to the full vocabulary on every rank and the random numbers come from
 one agreed seed, so all ranks choose the same tokens.
 """
+
 import argparse
 import random
 from dataclasses import asdict
@@ -25,8 +26,12 @@ from .parallel.collectives import max_over_tp
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--src_length", type=int, default=1024, help="prompt tokens kept (from the end)")
-    add_decoding_flags(g, {**asdict(GenerationConfig()), "max_new_tokens": 128}, max_new_tokens_aliases=("--tgt_length",))
-    g.add_argument("--template", default="belle", choices=sorted(TEMPLATES), help="prompt template (paddlebloom.data.formats)")
+    add_decoding_flags(
+        g, {**asdict(GenerationConfig()), "max_new_tokens": 128}, max_new_tokens_aliases=("--tgt_length",)
+    )
+    g.add_argument(
+        "--template", default="belle", choices=sorted(TEMPLATES), help="prompt template (paddlebloom.data.formats)"
+    )
 
 
 def generation_config(args, tokenizer) -> GenerationConfig:
@@ -40,7 +45,7 @@ def left_pad(prompts_ids: Sequence[Sequence[int]], pad_token_id: int):
     mask = np.zeros((len(prompts_ids), width), dtype=np.int64)
     for row, prompt in enumerate(prompts_ids):
         if len(prompt):
-            ids[row, width - len(prompt):], mask[row, width - len(prompt):] = prompt, 1
+            ids[row, width - len(prompt) :], mask[row, width - len(prompt) :] = prompt, 1
     return ids, mask
 
 
@@ -71,8 +76,12 @@ def forget_step_engine(model) -> None:
 
 
 @paddle.no_grad()
-def generate_ids(model, prompts_ids: Sequence[Sequence[int]], config: GenerationConfig,
-                 stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None) -> List[List[int]]:
+def generate_ids(
+    model,
+    prompts_ids: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None,
+) -> List[List[int]]:
     """New tokens for each prompt (EOS not included). stream_callback gets each step's tokens
     (None for rows that produced nothing in that step)."""
     config.validate()
@@ -89,12 +98,18 @@ def encode_prompts(tokenizer, prompts: Sequence[str], src_length: Optional[int] 
     return [ids[-src_length:] if src_length else ids for ids in encoded]
 
 
-def generate_text(model, tokenizer, prompts: Sequence[str], config: GenerationConfig, src_length: Optional[int] = None,
-                  batch_size: int = 8) -> List[str]:
+def generate_text(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    src_length: Optional[int] = None,
+    batch_size: int = 8,
+) -> List[str]:
     """Decoded answers, in batches of batch_size left-padded prompts."""
     encoded = encode_prompts(tokenizer, prompts, src_length)
     answers: List[str] = []
     for start in range(0, len(encoded), batch_size):
-        for ids in generate_ids(model, encoded[start:start + batch_size], config):
+        for ids in generate_ids(model, encoded[start : start + batch_size], config):
             answers.append(tokenizer.decode(ids))
     return answers

@@ -3,6 +3,7 @@
 A local directory is read as it is. Any other name (e.g. `bigscience/bloom-560m`) is fetched
 through PaddleNLP's downloader into its cache first; machines without a hub get a one-line error.
 """
+
 import os
 from typing import Optional, Tuple
 
@@ -17,7 +18,14 @@ from .prefix.model import Prefix
 from .runtime import parallel_context
 from .tokenizer import BloomTokenizer
 
-HUB_FILES = ("config.json", "model_state.pdparams", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+HUB_FILES = (
+    "config.json",
+    "model_state.pdparams",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+)
 
 
 def resolve_model_dir(name_or_path: str) -> str:
@@ -31,7 +39,9 @@ def resolve_model_dir(name_or_path: str) -> str:
 
         found = [resolve_file_path(name_or_path, [f]) for f in HUB_FILES]
     except Exception as e:  # the downloader raises many types; all mean "not available here"
-        raise FileNotFoundError(f"{name_or_path}: not a local directory, and downloading it failed ({type(e).__name__}: {e})") from None
+        raise FileNotFoundError(
+            f"{name_or_path}: not a local directory, and downloading it failed ({type(e).__name__}: {e})"
+        ) from None
     if not found[0]:
         raise FileNotFoundError(f"{name_or_path}: not a local directory, and no hub has it")
     return os.path.dirname(found[0])
@@ -49,8 +59,10 @@ def require_dtype_kernels(dtype: str) -> None:
         x = paddle.ones([2, 2], dtype=dtype)
         paddle.matmul(x, x)
     except (NotImplementedError, RuntimeError, ValueError) as e:  # Paddle's NotFound kernel error is a RuntimeError
-        raise ValueError(f"--dtype {dtype}: this device ({paddle.get_device()}) has no {dtype} matmul kernel "
-                         f"({type(e).__name__}); use --dtype float32 here, or a GPU") from None
+        raise ValueError(
+            f"--dtype {dtype}: this device ({paddle.get_device()}) has no {dtype} matmul kernel "
+            f"({type(e).__name__}); use --dtype float32 here, or a GPU"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str) -> BloomTokenizer:

@@ -15,6 +15,7 @@ Conventions:
   ctx from runtime.init_parallel); without one it is a single-process model, refused where
   init_parallel set up several ranks (it would silently get TP=1 shapes).
 """
+
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -42,10 +43,10 @@ def alibi_slopes(n_head: int) -> List[float]:
     """The per-head ALiBi slopes of BLOOM (geometric; interleaved extras when n_head is not a power of 2)."""
     closest = 2 ** math.floor(math.log2(n_head))
     base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
-    slopes = [base ** p for p in range(1, closest + 1)]
+    slopes = [base**p for p in range(1, closest + 1)]
     if closest != n_head:
         extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
-        slopes += [extra ** p for p in range(1, 1 + 2 * min(closest, n_head - closest), 2)]
+        slopes += [extra**p for p in range(1, 1 + 2 * min(closest, n_head - closest), 2)]
     return slopes
 
 
@@ -72,7 +73,9 @@ class BloomAttention(nn.Layer):
         super().__init__()
         self.local_heads = config.n_head // parallel.tp_degree
         self.head_dim = config.head_dim
-        self.query_key_value = ColumnParallelLinear(config.hidden_size, 3 * config.hidden_size, parallel, config.initializer_range)
+        self.query_key_value = ColumnParallelLinear(
+            config.hidden_size, 3 * config.hidden_size, parallel, config.initializer_range
+        )
         self.dense = RowParallelLinear(config.hidden_size, config.hidden_size, parallel, config.initializer_range)
         self.attention_dropout = nn.Dropout(config.attention_dropout)
 
@@ -98,8 +101,12 @@ class BloomAttention(nn.Layer):
 class BloomMLP(nn.Layer):
     def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
-        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, 4 * config.hidden_size, parallel, config.initializer_range)
-        self.dense_4h_to_h = RowParallelLinear(4 * config.hidden_size, config.hidden_size, parallel, config.initializer_range)
+        self.dense_h_to_4h = ColumnParallelLinear(
+            config.hidden_size, 4 * config.hidden_size, parallel, config.initializer_range
+        )
+        self.dense_4h_to_h = RowParallelLinear(
+            4 * config.hidden_size, config.hidden_size, parallel, config.initializer_range
+        )
 
     def forward(self, x):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=True))
@@ -129,7 +136,9 @@ class BloomModel(nn.Layer):
     def __init__(self, config: BloomConfig, parallel: ParallelContext):
         super().__init__()
         config.validate_tensor_parallel(parallel.tp_degree)
-        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, parallel, config.initializer_range)
+        self.word_embeddings = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, parallel, config.initializer_range
+        )
         self.word_embeddings_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
         self.h = nn.LayerList([BloomBlock(config, parallel) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
@@ -181,7 +190,9 @@ class BloomForCausalLM(nn.Layer):
         local_logits = emb.logits(hidden)
         loss = n_tokens = None
         if labels is not None:
-            loss, n_tokens = parallel_cross_entropy(local_logits, labels, emb.start, emb.vocab_size, label_smoothing, parallel=self.parallel)
+            loss, n_tokens = parallel_cross_entropy(
+                local_logits, labels, emb.start, emb.vocab_size, label_smoothing, parallel=self.parallel
+            )
         logits = gather_from_tp(local_logits, self.parallel) if return_logits else None
         return CausalLMOutput(loss, logits, presents, n_tokens)
 

@@ -2,6 +2,7 @@
 
 matplotlib is loaded when the first figure is drawn, not when a trainer or tool is imported.
 """
+
 from .atomic import write_file_atomic
 
 

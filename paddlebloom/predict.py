@@ -7,6 +7,7 @@ Without --data_file (and without --save_onepiece_model_path) each stdin line is 
 as for deploy/infer_generation.py, and the predictions go to stdout as JSON lines.
 Under `python -m paddle.distributed.launch --nproc_per_node N` the model runs at TP=N.
 """
+
 import argparse
 import json
 import os
@@ -56,7 +57,9 @@ def predict(args) -> int:
     init_parallel(args.tensor_parallel_degree or world_size())
     from_stdin = not args.data_file and not args.save_onepiece_model_path
     if from_stdin and world_size() > 1:
-        raise ValueError("prompts are read from stdin in one process only; under the launcher give --data_file (with --output_file)")
+        raise ValueError(
+            "prompts are read from stdin in one process only; under the launcher give --data_file (with --output_file)"
+        )
     if args.data_file and not args.output_file:
         raise ValueError("--data_file needs --output_file")
     template = get_template(args.template)
@@ -79,13 +82,19 @@ def predict(args) -> int:
             tic = time.time()
             new = generate_ids(model, encode_prompts(tokenizer, [p for _, _, p in chunk], args.src_length), gen)
             n_tokens += sum(len(t) for t in new)
-            outputs += [dict(record if record is not None else {"prompt": p}, prediction=tokenizer.decode(t)) for (_, record, p), t in zip(chunk, new)]
+            outputs += [
+                dict(record if record is not None else {"prompt": p}, prediction=tokenizer.decode(t))
+                for (_, record, p), t in zip(chunk, new)
+            ]
             if show:
-                tqdm.write(f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s",
-                           file=sys.stdout if args.output_file else sys.stderr)  # stdout may carry the predictions
+                tqdm.write(
+                    f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s",
+                    file=sys.stdout if args.output_file else sys.stderr,
+                )  # stdout may carry the predictions
         if show:
             lines = [json.dumps(o, ensure_ascii=False) + "\n" for o in outputs]
             if args.output_file:
+
                 def write(tmp):
                     with open(tmp, "w", encoding="utf-8") as f:
                         f.writelines(lines)
@@ -94,8 +103,10 @@ def predict(args) -> int:
             else:
                 sys.stdout.writelines(lines)
             elapsed = time.time() - start
-            print(f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file or 'stdout'}",
-                  file=sys.stdout if args.output_file else sys.stderr)
+            print(
+                f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file or 'stdout'}",
+                file=sys.stdout if args.output_file else sys.stderr,
+            )
     for message in bad if parallel_context().is_main else []:
         print(f"predict_generation.py: skipped {message}", file=sys.stderr)
     if bad:
@@ -108,13 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name_or_path", required=True, help="a checkpoint, or tensor-parallel shards")
     p.add_argument("--lora_path")
     p.add_argument("--prefix_path")
-    p.add_argument("--data_file", help="records of any training format (JSON lines or a JSON array); "
-                                       "without it (and without --save_onepiece_model_path) each stdin line is one raw prompt")
+    p.add_argument(
+        "--data_file",
+        help="records of any training format (JSON lines or a JSON array); "
+        "without it (and without --save_onepiece_model_path) each stdin line is one raw prompt",
+    )
     p.add_argument("--output_file", help="JSON lines out (default with stdin prompts: stdout)")
     p.add_argument("--data_format", choices=FORMATS)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--tensor_parallel_degree", type=int, default=0, help="default: the number of launched processes")
-    p.add_argument("--save_onepiece_model_path", help="write one merged checkpoint here (LoRA folded in, prefix alongside)")
+    p.add_argument(
+        "--save_onepiece_model_path", help="write one merged checkpoint here (LoRA folded in, prefix alongside)"
+    )
     add_generation_flags(p)
     return p
 

@@ -5,6 +5,7 @@ launcher sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID and we build fleet's hybri
 `mp_degree = tensor_parallel_degree`, `sharding_degree = sharding_parallel_degree` and the
 remaining ranks as data parallel (world = dp x sharding x tensor parallel, as in PaddleNLP).
 """
+
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -113,8 +114,10 @@ def single_process_context() -> ParallelContext:
     """
     ctx = parallel_context()
     if ctx.tp_degree * ctx.dp_degree * ctx.sharding_degree > 1:
-        raise ValueError(f"this process is one of {ctx.tp_degree * ctx.dp_degree * ctx.sharding_degree} ranks "
-                         f"(tensor_parallel_degree {ctx.tp_degree}): build the model with parallel=init_parallel(...)'s context")
+        raise ValueError(
+            f"this process is one of {ctx.tp_degree * ctx.dp_degree * ctx.sharding_degree} ranks "
+            f"(tensor_parallel_degree {ctx.tp_degree}): build the model with parallel=init_parallel(...)'s context"
+        )
     return ParallelContext()
 
 
@@ -143,8 +146,12 @@ def init_parallel(tensor_parallel_degree: int = 1, sharding_parallel_degree: int
     if n % tp != 0:
         raise ValueError(f"--tensor_parallel_degree {tp} does not divide the {n} launched processes")
     if n % (tp * sd) != 0:
-        raise ValueError(f"--sharding_parallel_degree {sd} x --tensor_parallel_degree {tp} does not divide the {n} launched processes")
-    paddle.set_device(device_for_backend() if device_for_backend() == "cpu" else f"gpu:{os.environ.get('FLAGS_selected_gpus', '0')}")
+        raise ValueError(
+            f"--sharding_parallel_degree {sd} x --tensor_parallel_degree {tp} does not divide the {n} launched processes"
+        )
+    paddle.set_device(
+        device_for_backend() if device_for_backend() == "cpu" else f"gpu:{os.environ.get('FLAGS_selected_gpus', '0')}"
+    )
     strategy = fleet.DistributedStrategy()
     strategy.hybrid_configs = {"dp_degree": n // (tp * sd), "mp_degree": tp, "pp_degree": 1, "sharding_degree": sd}
     with private_gloo_rendezvous() if device_for_backend() == "cpu" else nullcontext():

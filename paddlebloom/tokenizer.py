@@ -4,6 +4,7 @@ Reads the real bigscience `tokenizer.json` as it is, or PaddleNLP's `vocab.json`
 (GPT-2 pre-tokenisation, which is what PaddleNLP's BloomTokenizer does). Byte-level BPE encodes
 any text, so decode(encode(s)) == s. Special tokens are BLOOM's: <unk>=0 <s>=1 </s>=2 <pad>=3.
 """
+
 import functools
 import hashlib
 import json
@@ -78,7 +79,13 @@ class BloomTokenizer:
         if isinstance(self.backend.model, models.BPE):
             self.backend.model.save(directory)  # vocab.json, merges.txt
         specials = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-        config = {"tokenizer_class": "BloomTokenizer", "padding_side": "left", "model_max_length": model_max_length, "add_prefix_space": False, **specials}
+        config = {
+            "tokenizer_class": "BloomTokenizer",
+            "padding_side": "left",
+            "model_max_length": model_max_length,
+            "add_prefix_space": False,
+            **specials,
+        }
         with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
         with open(os.path.join(directory, "special_tokens_map.json"), "w", encoding="utf-8") as f:

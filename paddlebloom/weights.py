@@ -11,6 +11,7 @@ so neither torch nor a GPU is needed.
 Nothing here knows a model or the running process group (checkpoint.py loads and saves models);
 both checkpoint.py and convert_hf.py read and write weights through this module.
 """
+
 import json
 import os
 import re
@@ -31,7 +32,15 @@ SAFE_WEIGHTS = "model.safetensors"
 _COLUMN = re.compile(r"(query_key_value|dense_h_to_4h)\.(weight|bias)$")
 _ROW = re.compile(r"(self_attention\.dense|dense_4h_to_h|word_embeddings)\.weight$")
 _AUTODIST = re.compile(r"auto_dist(\d+)\.pdparams")
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+_SAFETENSORS_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def tp_axis(name: str, ndim: int) -> Optional[int]:
@@ -62,11 +71,14 @@ def merge_shards(shards) -> Dict[str, np.ndarray]:
     merged = {}
     for name, first in shards[0].items():
         axis = tp_axis(name, first.ndim)
-        merged[name] = first if axis is None or len(shards) == 1 else np.concatenate([s[name] for s in shards], axis=axis)
+        merged[name] = (
+            first if axis is None or len(shards) == 1 else np.concatenate([s[name] for s in shards], axis=axis)
+        )
     return merged
 
 
 # ---------------------------------------------------------------- one file
+
 
 def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     """All tensors of one .safetensors file as float32/int numpy arrays (bfloat16 widened)."""
@@ -92,12 +104,17 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
 
 def save_safetensors(state: Dict[str, np.ndarray], path: str) -> None:
     """One .safetensors file, written atomically (`format: pt` metadata, as transformers writes it)."""
-    write_file_atomic(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata={"format": "pt"}))
+    write_file_atomic(
+        path,
+        lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata={"format": "pt"}),
+    )
 
 
 def _to_numpy(state) -> Dict[str, np.ndarray]:
     # dict entries are bookkeeping, not weights (e.g. "StructuredToParameterName@@" in auto_dist files)
-    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items() if not isinstance(v, dict)}
+    return {
+        k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items() if not isinstance(v, dict)
+    }
 
 
 def read_weight_file(path: str) -> Dict[str, np.ndarray]:
@@ -113,6 +130,7 @@ def save_weights(state: Dict[str, np.ndarray], path: str) -> None:
 
 
 # ---------------------------------------------------------------- a directory
+
 
 def read_full_weights(directory: str) -> Optional[Dict[str, np.ndarray]]:
     """The unsharded weights of `directory` (one file or an index of parts), or None if it has none."""
@@ -133,14 +151,18 @@ def read_full_weights(directory: str) -> Optional[Dict[str, np.ndarray]]:
 
 def with_model_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """PaddleNLP's BloomModel (not ...ForCausalLM) saves without the `bloom.` prefix."""
-    return {(k if k.startswith("bloom.") else "bloom." + k): v for k, v in state.items() if not k.startswith("lm_head.")}
+    return {
+        (k if k.startswith("bloom.") else "bloom." + k): v for k, v in state.items() if not k.startswith("lm_head.")
+    }
 
 
 def autodist_files(directory: str) -> list:
     """auto_dist0.pdparams ... auto_dist{n-1}.pdparams, in rank order (every rank present)."""
     ranks = sorted(int(m.group(1)) for f in os.listdir(directory) if (m := _AUTODIST.fullmatch(f)))
     if not ranks:
-        raise FileNotFoundError(f"{directory}: no auto_dist{{rank}}.pdparams files (--load_autodist reads PaddleNLP's per-rank 176B layout)")
+        raise FileNotFoundError(
+            f"{directory}: no auto_dist{{rank}}.pdparams files (--load_autodist reads PaddleNLP's per-rank 176B layout)"
+        )
     missing = sorted(set(range(ranks[-1] + 1)) - set(ranks))
     if missing:
         raise FileNotFoundError(f"{directory}: {autodist_name(missing[0])} is missing (found ranks {ranks})")
@@ -155,7 +177,9 @@ def _state_from_shards(paths, degree: int, rank: int) -> Dict[str, np.ndarray]:
     return split_for_rank(merged, degree, rank)
 
 
-def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0, autodist: bool = False) -> Dict[str, np.ndarray]:
+def read_state_for_rank(
+    directory: str, degree: int = 1, rank: int = 0, autodist: bool = False
+) -> Dict[str, np.ndarray]:
     """The parameters this rank holds at `degree`, from any layout on disk (`autodist`: from the
     auto_dist{rank}.pdparams files only)."""
     if autodist:
@@ -165,6 +189,10 @@ def read_state_for_rank(directory: str, degree: int = 1, rank: int = 0, autodist
         return split_for_rank(with_model_prefix(full), degree, rank)
     shards = sorted(f for f in os.listdir(directory) if re.fullmatch(r"model_state\.tp\d\d\.pdparams", f))
     if not shards:
-        hint = " (auto_dist{rank}.pdparams files are read with --load_autodist)" if any(_AUTODIST.fullmatch(f) for f in os.listdir(directory)) else ""
+        hint = (
+            " (auto_dist{rank}.pdparams files are read with --load_autodist)"
+            if any(_AUTODIST.fullmatch(f) for f in os.listdir(directory))
+            else ""
+        )
         raise FileNotFoundError(f"{directory}: no weights ({WEIGHTS}, {SAFE_WEIGHTS} or tensor-parallel shards){hint}")
     return _state_from_shards([os.path.join(directory, s) for s in shards], degree, rank)

@@ -13,6 +13,7 @@ CPU weight-only int8, libiomp5's dynamic schedule off the main thread). Two live
 cli module because they must work without importing Paddle: the filter for Paddle's import-time
 ccache warning (cli.UPSTREAM_NOISE, applied before Paddle loads) and cli.leave_together.
 """
+
 import ctypes
 import os
 import socket
@@ -244,7 +245,7 @@ def optimizer_state_by_parameter_path(state: dict, model) -> dict:
     out = {}
     for key, value in state.items():
         tensor = next((n for n in by_length if key.startswith(n + "_")), None)
-        out[key if tensor is None else f"{paths[tensor]}/{key[len(tensor) + 1:]}"] = value
+        out[key if tensor is None else f"{paths[tensor]}/{key[len(tensor) + 1 :]}"] = value
     return out
 
 
@@ -273,8 +274,10 @@ def check_optimizer_state_covers(state: dict, optimizer, path: str) -> None:
         return  # written before the first optimizer step
     for p in optimizer._parameter_list:
         if not any(k.startswith(p.name + "_") for k in state):
-            raise ValueError(f"{path}: no optimizer state for parameter {p.name} {list(p.shape)}: "
-                             "the checkpoint was written for other trained parameters")
+            raise ValueError(
+                f"{path}: no optimizer state for parameter {p.name} {list(p.shape)}: "
+                "the checkpoint was written for other trained parameters"
+            )
 
 
 # --- custom ops and exported programs -------------------------------------------------------
@@ -297,7 +300,6 @@ def custom_op_module(library, op_names: Sequence[str]) -> types.ModuleType:
     return module
 
 
-
 def find_model(model_dir: str, model_prefix: str):
     """(program, params) of an exported model: Paddle 3's PIR `NAME.json` or legacy `NAME.pdmodel`.
 
@@ -313,8 +315,10 @@ def find_model(model_dir: str, model_prefix: str):
             if not os.path.isfile(params):
                 raise FileNotFoundError(f"{program}: found, but its parameters {params} are missing")
             return program, params
-    raise FileNotFoundError(f"{model_dir}: no exported model {model_prefix}.json or {model_prefix}.pdmodel "
-                            "(export with export/export_generation_model.py)")
+    raise FileNotFoundError(
+        f"{model_dir}: no exported model {model_prefix}.json or {model_prefix}.pdmodel "
+        "(export with export/export_generation_model.py)"
+    )
 
 
 def onednn_only_when_asked(config, enabled: bool) -> None:

@@ -1,4 +1,5 @@
 """Chat with a BLOOM checkpoint: python predict/chat.py --model_name_or_path CKPT [sampling flags]"""
+
 import os
 import sys
 

@@ -1,9 +1,10 @@
 """Predict with BLOOM and/or merge tensor-parallel shards (+ LoRA) into one checkpoint.
 
-    python predict/predict_generation.py --model_name_or_path CKPT --data_file in.jsonl --output_file out.jsonl
-    python -m paddle.distributed.launch --nproc_per_node 2 predict/predict_generation.py --model_name_or_path SHARDS ...
-    python predict/predict_generation.py --model_name_or_path SHARDS --lora_path LORA --save_onepiece_model_path MERGED
+python predict/predict_generation.py --model_name_or_path CKPT --data_file in.jsonl --output_file out.jsonl
+python -m paddle.distributed.launch --nproc_per_node 2 predict/predict_generation.py --model_name_or_path SHARDS ...
+python predict/predict_generation.py --model_name_or_path SHARDS --lora_path LORA --save_onepiece_model_path MERGED
 """
+
 import os
 import sys
 

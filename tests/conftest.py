@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny checkpoints built on the spot, subprocess and launcher helpers."""
+
 import os
 import subprocess
 import sys
@@ -26,9 +27,13 @@ def _env():
 
 def run_py(args, check=True, timeout=600, **kw):
     """Run `python ARGS` in the repo; return the CompletedProcess (text)."""
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"python {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -47,8 +52,14 @@ def launch(args, log_dir, nproc=2, check=True, timeout=600):
 
 def start_server(model_dir, *flags):
     """deploy/serve.py on a free loopback port; returns (process, base URL) once it listens."""
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "deploy", "serve.py"), "--model_dir", model_dir, "--port", "0", *flags],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "deploy", "serve.py"), "--model_dir", model_dir, "--port", "0", *flags],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if "serving" not in line:
         proc.kill()
@@ -93,9 +104,37 @@ def trained_tiny(tiny_dir, tmp_path_factory):
     text = base / "corpus.txt"
     text.write_text("\n".join(corpus.sentences(3000, seed=1)) + "\n", encoding="utf-8")
     out = base / "model"
-    run(parse_args(["--model_name_or_path", tiny_dir, "--train_file", str(text), "--output_dir", str(out), "--src_length", "24",
-                    "--tgt_length", "24", "--per_device_train_batch_size", "16", "--max_steps", "80", "--learning_rate", "5e-3",
-                    "--lr_scheduler_type", "constant", "--save_steps", "0", "--logging_steps", "1000", "--disable_tqdm", "--seed", "1"]))
+    run(
+        parse_args(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--train_file",
+                str(text),
+                "--output_dir",
+                str(out),
+                "--src_length",
+                "24",
+                "--tgt_length",
+                "24",
+                "--per_device_train_batch_size",
+                "16",
+                "--max_steps",
+                "80",
+                "--learning_rate",
+                "5e-3",
+                "--lr_scheduler_type",
+                "constant",
+                "--save_steps",
+                "0",
+                "--logging_steps",
+                "1000",
+                "--disable_tqdm",
+                "--seed",
+                "1",
+            ]
+        )
+    )
     return str(out)
 
 
@@ -103,5 +142,13 @@ def trained_tiny(tiny_dir, tmp_path_factory):
 def exported_tiny(trained_tiny, tmp_path_factory):
     """trained_tiny exported through export/export_generation_model.py (what users run), once per session."""
     out = tmp_path_factory.mktemp("inference") / "base"
-    run_py([os.path.join(ROOT, "export", "export_generation_model.py"), "--model_name_or_path", trained_tiny, "--output_path", str(out / "bloom")])
+    run_py(
+        [
+            os.path.join(ROOT, "export", "export_generation_model.py"),
+            "--model_name_or_path",
+            trained_tiny,
+            "--output_path",
+            str(out / "bloom"),
+        ]
+    )
     return str(out)

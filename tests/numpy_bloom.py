@@ -8,6 +8,7 @@
 Reads the checkpoint's arrays (PaddleNLP names, Linear weights [in, out]); no Paddle model code,
 so the evaluator's numbers can be checked against something that does not share its bugs.
 """
+
 import math
 from typing import Dict, List, Sequence
 
@@ -34,7 +35,7 @@ def _ln(x, w, b, eps):
 
 
 def _gelu(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 class NumpyBloom:
@@ -47,7 +48,12 @@ class NumpyBloom:
         """[len(ids), vocab] logits of one unpadded sequence."""
         p, eps = self.p, self.eps
         E = p["bloom.word_embeddings.weight"]
-        h = _ln(E[np.asarray(ids)], p["bloom.word_embeddings_layernorm.weight"], p["bloom.word_embeddings_layernorm.bias"], eps)
+        h = _ln(
+            E[np.asarray(ids)],
+            p["bloom.word_embeddings_layernorm.weight"],
+            p["bloom.word_embeddings_layernorm.bias"],
+            eps,
+        )
         s, hidden = h.shape
         d = hidden // self.n_head
         alibi = np.asarray(slopes(self.n_head))[:, None, None] * np.arange(s)[None, None, :]  # [heads, 1, keys]
@@ -55,7 +61,9 @@ class NumpyBloom:
         for i in range(self.n_layer):
             pre = f"bloom.h.{i}."
             x = _ln(h, p[pre + "input_layernorm.weight"], p[pre + "input_layernorm.bias"], eps)
-            qkv = (x @ p[pre + "self_attention.query_key_value.weight"] + p[pre + "self_attention.query_key_value.bias"]).reshape(s, self.n_head, 3, d)
+            qkv = (
+                x @ p[pre + "self_attention.query_key_value.weight"] + p[pre + "self_attention.query_key_value.bias"]
+            ).reshape(s, self.n_head, 3, d)
             q, k, v = (qkv[:, :, j, :].transpose(1, 0, 2) for j in range(3))  # [heads, s, d]
             scores = q @ k.transpose(0, 2, 1) / math.sqrt(d) + alibi
             scores = np.where(causal[None], -np.inf, scores)

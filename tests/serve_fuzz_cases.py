@@ -1,6 +1,7 @@
 """The cases of tests/test_serve_fuzz.py: a seeded generator of malformed and hostile requests, and
 the raw-socket client that sends them (anything can be sent: broken request lines, lying headers,
 half a body, a reset)."""
+
 import http.client
 import io
 import json
@@ -16,31 +17,123 @@ TIMEOUT = 30  # seconds for any one answer: the server must never leave a client
 
 
 # JSON texts refused wherever they appear in a body.
-ALWAYS_BAD = ["NaN", "Infinity", "-Infinity", "1e999", "-2e400", '"\\ud800"', '"ok \\udfff"', '["a", "\\udbff"]', "1" * 60,
-              '{"\\ud800": 1}', '{"a": {"b": [NaN]}}']
+ALWAYS_BAD = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-2e400",
+    '"\\ud800"',
+    '"ok \\udfff"',
+    '["a", "\\udbff"]',
+    "1" * 60,
+    '{"\\ud800": 1}',
+    '{"a": {"b": [NaN]}}',
+]
 # JSON texts that a field may or may not accept: the answer is a 200 or a 4xx naming the field.
-ODD = ["null", "true", "false", "0", "-1", "1", "2", "7", "0.5", "1.0", "-0.0", "1e-300", "5e-324", "1e308", "100", "101",
-       str(2 ** 31), str(2 ** 63), str(-2 ** 63), "9" * 40, '""', '"x"', '"\\u0000"', '"猫"', '"\\ud83d\\ude00"', '"\\u202e"',
-       '"' + "ab " * 5000 + '"', "[]", "[1]", "[1, 2]", "[5, 6, 7]", '["a", "b"]', "[[1, 2], [3]]", "{}", '{"a": 1}',
-       '{"include_usage": true}', '[{"role": "user", "content": "hi"}]', "[" * 60 + "]" * 60]
+ODD = [
+    "null",
+    "true",
+    "false",
+    "0",
+    "-1",
+    "1",
+    "2",
+    "7",
+    "0.5",
+    "1.0",
+    "-0.0",
+    "1e-300",
+    "5e-324",
+    "1e308",
+    "100",
+    "101",
+    str(2**31),
+    str(2**63),
+    str(-(2**63)),
+    "9" * 40,
+    '""',
+    '"x"',
+    '"\\u0000"',
+    '"猫"',
+    '"\\ud83d\\ude00"',
+    '"\\u202e"',
+    '"' + "ab " * 5000 + '"',
+    "[]",
+    "[1]",
+    "[1, 2]",
+    "[5, 6, 7]",
+    '["a", "b"]',
+    "[[1, 2], [3]]",
+    "{}",
+    '{"a": 1}',
+    '{"include_usage": true}',
+    '[{"role": "user", "content": "hi"}]',
+    "[" * 60 + "]" * 60,
+]
 # Wrong under any OpenAI-compatible API: refused naming the field.
-WRONG = {"max_tokens": ['"10"', "-3", "1.5", "[]"], "temperature": ['"hot"', "-1", "{}"], "top_p": ['"x"', "1.5", "-0.5"],
-         "stream": ['"yes"', "[]"], "seed": ['"1"', "1.5"], "prompt": ["{}", "true"], "messages": ['"hi"', "[]", '[{"role": "wizard", "content": "x"}]'],
-         "stop": ["5", '{"a": 1}']}
+WRONG = {
+    "max_tokens": ['"10"', "-3", "1.5", "[]"],
+    "temperature": ['"hot"', "-1", "{}"],
+    "top_p": ['"x"', "1.5", "-0.5"],
+    "stream": ['"yes"', "[]"],
+    "seed": ['"1"', "1.5"],
+    "prompt": ["{}", "true"],
+    "messages": ['"hi"', "[]", '[{"role": "wizard", "content": "x"}]'],
+    "stop": ["5", '{"a": 1}'],
+}
 # Known fields, ones the OpenAI API has (whether or not this server takes them yet), unknown ones.
-FIELDS = ["prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
-          "stream", "stop", "n", "user", "model", "stream_options", "logprobs", "top_logprobs", "echo", "presence_penalty",
-          "frequency_penalty", "logit_bias", "best_of", "suffix", "max_token", "prompt_é"]
-NUMERIC = ["temperature", "top_p", "top_k", "repetition_penalty", "seed", "max_tokens", "n", "presence_penalty", "frequency_penalty",
-           "logprobs", "top_logprobs", "best_of"]
-EXTREMES = ["5e-324", "1e-300", "1e-7", "0", "1", "2", "100", "1e308", "-0.0", str(2 ** 62), str(2 ** 63), "-1e-300"]
+FIELDS = [
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "stream",
+    "stop",
+    "n",
+    "user",
+    "model",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "best_of",
+    "suffix",
+    "max_token",
+    "prompt_é",
+]
+NUMERIC = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "max_tokens",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "best_of",
+]
+EXTREMES = ["5e-324", "1e-300", "1e-7", "0", "1", "2", "100", "1e308", "-0.0", str(2**62), str(2**63), "-1e-300"]
 
 
 @dataclass
 class Case:
     name: str
     send: Callable[[str], Optional["Answer"]]  # base URL -> the answer (None: the client left without one)
-    expect: str = "any"  # "any": a 200 or a 4xx; "refused": a 4xx; "ok": a 200; "gone": no answer expected; "own": send checks
+    expect: str = (
+        "any"  # "any": a 200 or a 4xx; "refused": a 4xx; "ok": a 200; "gone": no answer expected; "own": send checks
+    )
     field: Optional[tuple] = None  # a 4xx must name one of these
     statuses: Optional[tuple] = None  # a refusal must be one of these
 
@@ -137,7 +230,10 @@ def with_value(base_body: dict, path: list, text: str, *more) -> bytes:
 def generate(rng: random.Random) -> List[Case]:
     completion = {"prompt": "the cat sat", "max_tokens": 4, "temperature": 0}
     sampled = {"prompt": "the cat sat", "max_tokens": 4, "temperature": 1.0, "top_p": 0.9, "top_k": 20, "seed": 1}
-    chat = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}], "max_tokens": 4}
+    chat = {
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        "max_tokens": 4,
+    }
     bases = [("/v1/completions", completion), ("/v1/completions", sampled), ("/v1/chat/completions", chat)]
     cases: List[Case] = []
 
@@ -149,16 +245,29 @@ def generate(rng: random.Random) -> List[Case]:
         path, base = rng.choice(bases)
         field = rng.choice(FIELDS)
         text = rng.choice(ODD + ALWAYS_BAD)
-        add(f"{path} {field}={text[:30]}", post(with_value(base, [field], text), path), "refused" if text in ALWAYS_BAD else "any", field)
+        add(
+            f"{path} {field}={text[:30]}",
+            post(with_value(base, [field], text), path),
+            "refused" if text in ALWAYS_BAD else "any",
+            field,
+        )
     for _ in range(60):  # two fields at once: a refusal names one of them
         path, base = rng.choice(bases)
         fields, texts = rng.sample(FIELDS, 2), [rng.choice(ODD + ALWAYS_BAD) for _ in range(2)]
-        add(f"{path} {fields[0]}={texts[0][:20]} {fields[1]}={texts[1][:20]}",
+        add(
+            f"{path} {fields[0]}={texts[0][:20]} {fields[1]}={texts[1][:20]}",
             post(with_value(base, [fields[0]], texts[0], ([fields[1]], texts[1])), path),
-            "refused" if set(texts) & set(ALWAYS_BAD) else "any", tuple(fields))
+            "refused" if set(texts) & set(ALWAYS_BAD) else "any",
+            tuple(fields),
+        )
     for text in ALWAYS_BAD:  # in fields the server otherwise ignores
         add(f"user={text[:30]}", post(with_value(completion, ["user"], text)), "refused", "user")
-        add(f"messages[0].name={text[:30]}", post(with_value(chat, ["messages", 0, "name"], text), "/v1/chat/completions"), "refused", "messages")
+        add(
+            f"messages[0].name={text[:30]}",
+            post(with_value(chat, ["messages", 0, "name"], text), "/v1/chat/completions"),
+            "refused",
+            "messages",
+        )
     for field, texts in WRONG.items():
         for text in texts:
             path, base = bases[2] if field == "messages" else rng.choice(bases[:2])
@@ -168,15 +277,27 @@ def generate(rng: random.Random) -> List[Case]:
             add(f"sampled {field}={text}", post(with_value(sampled, [field], text), "/v1/completions"), "any", field)
     # Inside lists and objects: message parts, stop strings, stream options.
     for _ in range(40):
-        where = rng.choice([(["messages", 1, "content"], "messages"), (["messages", 1, "role"], "messages"), (["messages", 0, "name"], "messages"),
-                            (["messages", 1, "extra"], "messages"), (["stop"], "stop"), (["stream_options"], "stream_options")])
+        where = rng.choice(
+            [
+                (["messages", 1, "content"], "messages"),
+                (["messages", 1, "role"], "messages"),
+                (["messages", 0, "name"], "messages"),
+                (["messages", 1, "extra"], "messages"),
+                (["stop"], "stop"),
+                (["stream_options"], "stream_options"),
+            ]
+        )
         text = rng.choice(ODD + ALWAYS_BAD)
         path_in_body, field = where
         body = dict(chat, stream=True) if field == "stream_options" else chat
         if field == "stop":
             text = f'["end", {text}]'
-        add(f"chat {'.'.join(map(str, path_in_body))}={text[:30]}", post(with_value(body, path_in_body, text), "/v1/chat/completions"),
-            "refused" if any(bad in text for bad in ALWAYS_BAD) else "any", field)
+        add(
+            f"chat {'.'.join(map(str, path_in_body))}={text[:30]}",
+            post(with_value(body, path_in_body, text), "/v1/chat/completions"),
+            "refused" if any(bad in text for bad in ALWAYS_BAD) else "any",
+            field,
+        )
 
     # 2. Bodies that are not a good JSON object.
     good = json.dumps(completion).encode()
@@ -186,57 +307,167 @@ def generate(rng: random.Random) -> List[Case]:
     for _ in range(16):
         data = bytearray(good)
         at = rng.randrange(len(data))
-        data[at] = rng.choice(b"\x00\x01\x7f\x80\xbf\xc0\xc3\xed\xf5\xff{}[]\",:\\")
+        data[at] = rng.choice(b'\x00\x01\x7f\x80\xbf\xc0\xc3\xed\xf5\xff{}[]",:\\')
         add(f"byte {data[at]:#x} at {at}", post(bytes(data)))
-    for name, body in [("BOM", b"\xef\xbb\xbf" + good), ("UTF-16", json.dumps(completion).encode("utf-16")), ("trailing garbage", good + b" x"),
-                       ("two objects", good + good), ("empty", b""), ("whitespace", b"   \n"), ("a list", b"[1, 2]"), ("a string", b'"hi"'),
-                       ("null", b"null"), ("a number", b"12"), ("NUL bytes", b"\x00" * 64), ("overlong UTF-8", b'{"prompt": "\xc0\xaf"}'),
-                       ("encoded surrogate", b'{"prompt": "\xed\xa0\x80"}'), ("unpaired escape", b'{"prompt": "\\u12"}'),
-                       ("deep list", b"[" * 100000), ("deep object", b'{"a":' * 5000 + b"1" + b"}" * 5000),
-                       ("deep inside a field", b'{"prompt": "x", "user": ' + b"[" * 70 + b"]" * 70 + b"}"),
-                       ("brackets in strings are not nesting", json.dumps({**completion, "user": "[" * 5000}).encode()),
-                       ("escaped quotes", b'{"prompt": "x", "user": "' + b'\\"[' * 3000 + b'"}'),
-                       ("duplicate keys", b'{"prompt": "a", "prompt": "the cat", "max_tokens": 2}'), ("a huge integer", b'{"prompt": "x", "seed": ' + b"7" * 5000 + b"}")]:
-        expect = "any" if name in ("brackets in strings are not nesting", "duplicate keys", "escaped quotes") else "refused"
+    for name, body in [
+        ("BOM", b"\xef\xbb\xbf" + good),
+        ("UTF-16", json.dumps(completion).encode("utf-16")),
+        ("trailing garbage", good + b" x"),
+        ("two objects", good + good),
+        ("empty", b""),
+        ("whitespace", b"   \n"),
+        ("a list", b"[1, 2]"),
+        ("a string", b'"hi"'),
+        ("null", b"null"),
+        ("a number", b"12"),
+        ("NUL bytes", b"\x00" * 64),
+        ("overlong UTF-8", b'{"prompt": "\xc0\xaf"}'),
+        ("encoded surrogate", b'{"prompt": "\xed\xa0\x80"}'),
+        ("unpaired escape", b'{"prompt": "\\u12"}'),
+        ("deep list", b"[" * 100000),
+        ("deep object", b'{"a":' * 5000 + b"1" + b"}" * 5000),
+        ("deep inside a field", b'{"prompt": "x", "user": ' + b"[" * 70 + b"]" * 70 + b"}"),
+        ("brackets in strings are not nesting", json.dumps({**completion, "user": "[" * 5000}).encode()),
+        ("escaped quotes", b'{"prompt": "x", "user": "' + b'\\"[' * 3000 + b'"}'),
+        ("duplicate keys", b'{"prompt": "a", "prompt": "the cat", "max_tokens": 2}'),
+        ("a huge integer", b'{"prompt": "x", "seed": ' + b"7" * 5000 + b"}"),
+    ]:
+        expect = (
+            "any" if name in ("brackets in strings are not nesting", "duplicate keys", "escaped quotes") else "refused"
+        )
         add(f"body: {name}", post(body), expect)
 
     # 3. Lying or odd headers, request lines, methods.
     big = json.dumps({"prompt": "x" * (MAX_BODY + 10)}).encode()
     for length in ["abc", "-1", "1e3", "0x10", "²", "١٢", "+5", "1" * 5000, "99999999999999999999", ""]:
-        header = length.encode("latin-1") if length.isascii() or length == "²" else length.encode()  # '²' as one byte: str.isdigit takes it
-        raw = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " + header + b"\r\n\r\n" + good
-        add(f"Content-Length {length[:12]!r}", lambda b, raw=raw: exchange(b, [raw]), "refused", statuses=(400, 411, 413))
-    add("two different Content-Lengths", lambda b: exchange(b, [request_bytes(good, headers={"Content-Length": "3"})]), "refused", statuses=(400,))
+        header = (
+            length.encode("latin-1") if length.isascii() or length == "²" else length.encode()
+        )  # '²' as one byte: str.isdigit takes it
+        raw = (
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+            + header
+            + b"\r\n\r\n"
+            + good
+        )
+        add(
+            f"Content-Length {length[:12]!r}",
+            lambda b, raw=raw: exchange(b, [raw]),
+            "refused",
+            statuses=(400, 411, 413),
+        )
+    add(
+        "two different Content-Lengths",
+        lambda b: exchange(b, [request_bytes(good, headers={"Content-Length": "3"})]),
+        "refused",
+        statuses=(400,),
+    )
     add("no Content-Length", lambda b: exchange(b, [request_bytes(good, length=False)]), "refused", statuses=(411,))
-    add("chunked", lambda b: exchange(b, [request_bytes(b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good), length=False, headers={"Transfer-Encoding": "chunked"})]),
-        "refused", statuses=(411,))
-    add("Content-Length short of the body", lambda b: exchange(b, [request_bytes(good)[:-5]], half_close=True), "refused", statuses=(400,))
-    add("Content-Length beyond the body", lambda b: exchange(b, [request_bytes(good).replace(b"Content-Length: ", b"Content-Length: 1")],
-                                                          half_close=True), "refused", statuses=(400, 413))
-    add("Content-Length below the body", lambda b: exchange(b, [request_bytes(good + b"GET / HTTP/1.1\r\n\r\n").replace(
-        b"Content-Length: %d" % (len(good) + 18), b"Content-Length: %d" % len(good))]), "ok")
+    add(
+        "chunked",
+        lambda b: exchange(
+            b,
+            [
+                request_bytes(
+                    b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good), length=False, headers={"Transfer-Encoding": "chunked"}
+                )
+            ],
+        ),
+        "refused",
+        statuses=(411,),
+    )
+    add(
+        "Content-Length short of the body",
+        lambda b: exchange(b, [request_bytes(good)[:-5]], half_close=True),
+        "refused",
+        statuses=(400,),
+    )
+    add(
+        "Content-Length beyond the body",
+        lambda b: exchange(
+            b, [request_bytes(good).replace(b"Content-Length: ", b"Content-Length: 1")], half_close=True
+        ),
+        "refused",
+        statuses=(400, 413),
+    )
+    add(
+        "Content-Length below the body",
+        lambda b: exchange(
+            b,
+            [
+                request_bytes(good + b"GET / HTTP/1.1\r\n\r\n").replace(
+                    b"Content-Length: %d" % (len(good) + 18), b"Content-Length: %d" % len(good)
+                )
+            ],
+        ),
+        "ok",
+    )
     for size in (MAX_BODY + 1, 200_000, 20 << 20):
         body = json.dumps({"prompt": "x" * size}).encode()
         add(f"{size}-byte body", post(body), "refused", statuses=(413,))
-    add("oversized body announced, Expect: 100-continue", lambda b: _expect_refused(b, request_bytes(big, headers={"Expect": "100-continue"})[:-len(big)]), "own")
+    add(
+        "oversized body announced, Expect: 100-continue",
+        lambda b: _expect_refused(b, request_bytes(big, headers={"Expect": "100-continue"})[: -len(big)]),
+        "own",
+    )
     add("Expect: 100-continue", lambda b: _expect_continue(b, good), "ok")
-    add("oversized body announced, never sent", lambda b: exchange(b, [request_bytes(big)[:-len(big)]]), "refused", statuses=(413,))
+    add(
+        "oversized body announced, never sent",
+        lambda b: exchange(b, [request_bytes(big)[: -len(big)]]),
+        "refused",
+        statuses=(413,),
+    )
     for method in ["PUT", "DELETE", "PATCH", "OPTIONS", "BREW", "post", "G\u00c9T", "TRACE"]:
-        add(f"method {method}", lambda b, m=method: exchange(b, [request_bytes(good, method=m)], method=m), "refused", statuses=(405,))
-    for line in [b"HELLO", b"GET", b"POST /v1/completions HTTP/9.9", b"POST /v1/completions HTTP/2.0", b"POST /v1/completions HTTP/1.x",
-                 b"GET /" + b"a" * 70000 + b" HTTP/1.1", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET /health HTTP/1.1 extra"]:
+        add(
+            f"method {method}",
+            lambda b, m=method: exchange(b, [request_bytes(good, method=m)], method=m),
+            "refused",
+            statuses=(405,),
+        )
+    for line in [
+        b"HELLO",
+        b"GET",
+        b"POST /v1/completions HTTP/9.9",
+        b"POST /v1/completions HTTP/2.0",
+        b"POST /v1/completions HTTP/1.x",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GET /health HTTP/1.1 extra",
+    ]:
         add(f"request line {line[:30]!r}", lambda b, line=line: exchange(b, [line + b"\r\nHost: x\r\n\r\n"]), "refused")
-    add("101 headers", lambda b: exchange(b, [request_bytes(good, headers={f"X-{i}": "y" for i in range(101)})]), "refused", statuses=(431,))
-    add("a 70 kB header", lambda b: exchange(b, [request_bytes(good, headers={"X-Big": "y" * 70000})]), "refused", statuses=(431,))
-    add("non-ASCII header", lambda b: exchange(b, [request_bytes(good).replace(b"Host: 127.0.0.1", b"Host: \xff\xfe\x00")]), "any")
+    add(
+        "101 headers",
+        lambda b: exchange(b, [request_bytes(good, headers={f"X-{i}": "y" for i in range(101)})]),
+        "refused",
+        statuses=(431,),
+    )
+    add(
+        "a 70 kB header",
+        lambda b: exchange(b, [request_bytes(good, headers={"X-Big": "y" * 70000})]),
+        "refused",
+        statuses=(431,),
+    )
+    add(
+        "non-ASCII header",
+        lambda b: exchange(b, [request_bytes(good).replace(b"Host: 127.0.0.1", b"Host: \xff\xfe\x00")]),
+        "any",
+    )
     add("GET with a body holding another request", _get_with_smuggled_request, "own")
     add("unknown path", lambda b: exchange(b, [request_bytes(good, path="/v1/engines")]), "refused", statuses=(404,))
-    add("GET on completions", lambda b: exchange(b, [request_bytes(b"", path="/v1/completions", method="GET")], method="GET"), "refused", statuses=(405,))
+    add(
+        "GET on completions",
+        lambda b: exchange(b, [request_bytes(b"", path="/v1/completions", method="GET")], method="GET"),
+        "refused",
+        statuses=(405,),
+    )
 
     # 4. Slow clients, pipelining, and clients that leave.
     request = request_bytes(json.dumps(dict(completion, prompt="the dog")).encode())
     for pause in (0.005, 0.02):
-        add(f"trickled every {pause}s", lambda b, p=pause: exchange(b, [request[i:i + 7] for i in range(0, len(request), 7)], pause=p), "ok")
+        add(
+            f"trickled every {pause}s",
+            lambda b, p=pause: exchange(b, [request[i : i + 7] for i in range(0, len(request), 7)], pause=p),
+            "ok",
+        )
     add("two requests pipelined", lambda b: _pipelined(b, good), "own")
     add("slow reader of a stream", lambda b: _slow_reader(b, json.dumps(dict(completion, stream=True)).encode()), "ok")
     for name, cut in [("during the headers", 30), ("during the body", len(request) - 10)]:
@@ -251,7 +482,7 @@ def generate(rng: random.Random) -> List[Case]:
 
 def _expect_continue(base, body):
     with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(request_bytes(body, headers={"Expect": "100-continue"})[:-len(body)])
+        s.sendall(request_bytes(body, headers={"Expect": "100-continue"})[: -len(body)])
         interim = s.recv(64)
         assert interim.startswith(b"HTTP/1.1 100"), interim
         s.sendall(body)
@@ -283,7 +514,9 @@ def _pipelined(base, body):
     with socket.create_connection(address(base), timeout=TIMEOUT) as s:
         s.sendall(keep + request_bytes(body))
         answers = answers_in(received_all(s))
-    assert [a.status for a in answers] == [200, 200] and len({a.body.split(b'"text"')[1] for a in answers}) == 1, answers
+    assert [a.status for a in answers] == [200, 200] and len({a.body.split(b'"text"')[1] for a in answers}) == 1, (
+        answers
+    )
 
 
 def _slow_reader(base, body):
@@ -297,7 +530,9 @@ def _slow_reader(base, body):
 
 
 def _leave_stream(base, after_events):
-    body = json.dumps({"prompt": "the cat", "max_tokens": MAX_NEW, "temperature": 1.5, "seed": after_events, "stream": True}).encode()
+    body = json.dumps(
+        {"prompt": "the cat", "max_tokens": MAX_NEW, "temperature": 1.5, "seed": after_events, "stream": True}
+    ).encode()
     with socket.create_connection(address(base), timeout=TIMEOUT) as s:
         s.sendall(request_bytes(body))
         seen = b""

@@ -1,5 +1,6 @@
 """Issue 15: one adapter interface (full, LoRA, prefix behave alike through it), and a model built
 for the parallel context it is given (never silently for another)."""
+
 import numpy as np
 import paddle
 import pytest
@@ -21,7 +22,9 @@ ALL_LINEARS = LoRAConfig.parse_targets("qkv,dense,dense_h_to_4h,dense_4h_to_h")
 ADAPTERS = {
     "full": lambda tokenizer_dir: FullTuning(tokenizer_dir),
     "lora": lambda _: LoRA(LoRAConfig(r=4, lora_dropout=0.0, target_modules=ALL_LINEARS)),
-    "prefix": lambda _: Prefix(PrefixConfig(num_prefix_tokens=3, prefix_projection=True, prefix_projection_hidden_size=16)),
+    "prefix": lambda _: Prefix(
+        PrefixConfig(num_prefix_tokens=3, prefix_projection=True, prefix_projection_hidden_size=16)
+    ),
 }
 
 
@@ -76,7 +79,9 @@ def test_every_adapter_saves_loads_merges_and_switches_off_through_one_interface
 def test_a_model_is_built_for_the_parallel_context_it_is_given(tiny_dir, monkeypatch):
     config = BloomConfig.load(tiny_dir)
     one = BloomForCausalLM(config)
-    rank1 = BloomForCausalLM(config, parallel=ParallelContext(tp_degree=2, tp_rank=1))  # shapes only: no collective runs
+    rank1 = BloomForCausalLM(
+        config, parallel=ParallelContext(tp_degree=2, tp_rank=1)
+    )  # shapes only: no collective runs
     heads = config.n_head // 2
     assert rank1.bloom.h[0].self_attention.local_heads == heads
     np.testing.assert_allclose(rank1.bloom.alibi_slopes.numpy(), alibi_slopes(config.n_head)[heads:], rtol=1e-6)

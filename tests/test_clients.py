@@ -1,6 +1,7 @@
 """Issue 14: the server as real clients use it — the official `openai` client (logprobs, echo, prompt
 lists and token ids, n > 1, presence/frequency penalties, streamed and not) and lm-evaluation-harness's
 `local-completions` model — checked against the dynamic model's own full forward pass."""
+
 import json
 import os
 import subprocess
@@ -22,8 +23,19 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def server(exported_tiny):
-    proc, base = start_server(exported_tiny, "--model_name", MODEL, "--max_batch_size", "4", "--max_concurrent", "16",
-                              "--max_prompt_tokens", "96", "--max_new_tokens", "32")
+    proc, base = start_server(
+        exported_tiny,
+        "--model_name",
+        MODEL,
+        "--max_batch_size",
+        "4",
+        "--max_concurrent",
+        "16",
+        "--max_prompt_tokens",
+        "96",
+        "--max_new_tokens",
+        "32",
+    )
     yield base
     proc.terminate()
     assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
@@ -38,7 +50,11 @@ def dynamic(trained_tiny):
     def logprobs(ids):
         with paddle.no_grad():
             logits = model(paddle.to_tensor([list(ids)])).logits.numpy()[0].astype(np.float64)
-        return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        return (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - logits.max(-1, keepdims=True)
+        )
 
     return logprobs, tokenizer
 
@@ -95,16 +111,46 @@ def test_openai_client_completions(server, dynamic, prompts):
         {"endpoint": "completions", "args": {**greedy, "prompt": prompts[0], "logprobs": 3}},
         {"endpoint": "completions", "args": {**greedy, "prompt": prompts[0], "logprobs": 3, "stream": True}},
         {"endpoint": "completions", "args": {**greedy, "prompt": ids, "echo": True, "max_tokens": 0, "logprobs": 1}},
-        {"endpoint": "completions", "args": {"model": MODEL, "prompt": prompts, "n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6}},
-        {"endpoint": "completions", "args": {"model": MODEL, "prompt": prompts, "n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6}},
-        {"endpoint": "completions", "args": {"model": MODEL, "prompt": ids[1], "max_tokens": 8, "temperature": 0.7, "logprobs": 2, "seed": 3,
-                                             "extra_body": {"top_k": 5}}},
-        {"endpoint": "completions", "args": {**greedy, "prompt": prompts[1], "max_tokens": 12, "frequency_penalty": 0.5, "presence_penalty": -2.0}},
+        {
+            "endpoint": "completions",
+            "args": {"model": MODEL, "prompt": prompts, "n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6},
+        },
+        {
+            "endpoint": "completions",
+            "args": {"model": MODEL, "prompt": prompts, "n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6},
+        },
+        {
+            "endpoint": "completions",
+            "args": {
+                "model": MODEL,
+                "prompt": ids[1],
+                "max_tokens": 8,
+                "temperature": 0.7,
+                "logprobs": 2,
+                "seed": 3,
+                "extra_body": {"top_k": 5},
+            },
+        },
+        {
+            "endpoint": "completions",
+            "args": {
+                **greedy,
+                "prompt": prompts[1],
+                "max_tokens": 12,
+                "frequency_penalty": 0.5,
+                "presence_penalty": -2.0,
+            },
+        },
         {"endpoint": "completions", "args": {**greedy, "prompt": prompts[1], "max_tokens": 12}},
-        {"endpoint": "completions", "args": {**greedy, "prompt": prompts[1], "echo": True, "max_tokens": 4, "logprobs": 0, "stream": True}},
+        {
+            "endpoint": "completions",
+            "args": {**greedy, "prompt": prompts[1], "echo": True, "max_tokens": 4, "logprobs": 0, "stream": True},
+        },
         {"endpoint": "completions", "args": {**greedy, "prompt": prompts[0], "n": 1, "best_of": 3}},
     ]
-    plain, streamed, echoed, sampled, again, tempered, penalised, unpenalised, echo_stream, best_of = run_client(server, calls)
+    plain, streamed, echoed, sampled, again, tempered, penalised, unpenalised, echo_stream, best_of = run_client(
+        server, calls
+    )
 
     # Greedy logprobs: the tokens the dynamic model picks, their log-softmax, the top-3, offsets in the text.
     new, steps = continue_greedily(logprobs, ids[0], 8)
@@ -166,9 +212,31 @@ def test_openai_client_chat_logprobs_and_choices(server, dynamic, prompts):
     logprobs, tok = dynamic
     messages = [{"role": "user", "content": prompts[0]}]
     calls = [
-        {"endpoint": "chat", "args": {"model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2}},
-        {"endpoint": "chat", "args": {"model": MODEL, "messages": messages, "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 2, "logprobs": True,
-                                      "stream": True, "stream_options": {"include_usage": True}}},
+        {
+            "endpoint": "chat",
+            "args": {
+                "model": MODEL,
+                "messages": messages,
+                "max_tokens": 8,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
+        },
+        {
+            "endpoint": "chat",
+            "args": {
+                "model": MODEL,
+                "messages": messages,
+                "max_tokens": 6,
+                "temperature": 1.0,
+                "seed": 5,
+                "n": 2,
+                "logprobs": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        },
     ]
     plain, streamed = run_client(server, calls)
     ids = build_prompt(tok, get_template("belle"), [], prompts[0], 96)
@@ -178,7 +246,11 @@ def test_openai_client_chat_logprobs_and_choices(server, dynamic, prompts):
     assert message["message"]["content"] == tok.decode(new) and len(content) == len(steps)
     assert b"".join(bytes(c["bytes"]) for c in content) == b"".join(tok.token_bytes(t) for t, _ in steps)
     np.testing.assert_allclose([c["logprob"] for c in content], [row[t] for t, row in steps], atol=1e-4)
-    assert all(len(c["top_logprobs"]) == 2 and c["top_logprobs"][0]["logprob"] == max(c["logprob"], c["top_logprobs"][0]["logprob"]) for c in content)
+    assert all(
+        len(c["top_logprobs"]) == 2
+        and c["top_logprobs"][0]["logprob"] == max(c["logprob"], c["top_logprobs"][0]["logprob"])
+        for c in content
+    )
 
     chunks = streamed["chunks"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
@@ -201,7 +273,9 @@ def lambada_slice(tmp_path_factory):
     from paddlebloom.tokenizer import BloomTokenizer
 
     base = tmp_path_factory.mktemp("lambada")
-    texts = [json.loads(line)["text"] for line in open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8")]
+    texts = [
+        json.loads(line)["text"] for line in open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8")
+    ]
     (base / "all.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     tiny = create_tiny(str(base / "tiny"), corpus=[str(base / "all.txt")], seed=0)
     tok = BloomTokenizer.from_pretrained(tiny)
@@ -209,7 +283,11 @@ def lambada_slice(tmp_path_factory):
     for text in texts:
         context, word = text.rsplit(" ", 1)
         same_split = text.split() and text.split()[-1] == word and text[: text.rstrip().rfind(word)].rstrip() == context
-        if same_split and tok.encode(text) == tok.encode(context) + tok.encode(" " + word) and len(tok.encode(text)) < 120:
+        if (
+            same_split
+            and tok.encode(text) == tok.encode(context) + tok.encode(" " + word)
+            and len(tok.encode(text)) < 120
+        ):
             records.append(text)
         if len(records) == 24:
             break
@@ -226,17 +304,67 @@ def test_lm_eval_harness_against_the_server_equals_run_eval(tmp_path, lambada_sl
     text = tmp_path / "train.txt"
     text.write_text("\n".join(records) + "\n", encoding="utf-8")
     ckpt, export = tmp_path / "ckpt", tmp_path / "export"
-    run_py([os.path.join(ROOT, "finetune", "finetune_generation.py"), "--model_name_or_path", tiny_dir, "--train_file", str(text),
-            "--output_dir", str(ckpt), "--src_length", "128", "--tgt_length", "128", "--per_device_train_batch_size", "8",
-            "--max_steps", "120", "--learning_rate", "5e-3", "--save_steps", "0", "--logging_steps", "1000", "--disable_tqdm", "--seed", "1"])
-    run_py([os.path.join(ROOT, "export", "export_generation_model.py"), "--model_name_or_path", str(ckpt), "--output_path", str(export / "bloom")])
-    ours = json.loads(run_py([os.path.join(ROOT, "eval", "run_eval.py"), "--model_name_or_path", str(ckpt), "--eval_path", path, "--cloze_eval",
-                              "--batch_size", "8", "--seq_length", "256", "--output_file", str(tmp_path / "ours.json")]).stdout and
-                      (tmp_path / "ours.json").read_text())
+    run_py(
+        [
+            os.path.join(ROOT, "finetune", "finetune_generation.py"),
+            "--model_name_or_path",
+            tiny_dir,
+            "--train_file",
+            str(text),
+            "--output_dir",
+            str(ckpt),
+            "--src_length",
+            "128",
+            "--tgt_length",
+            "128",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "120",
+            "--learning_rate",
+            "5e-3",
+            "--save_steps",
+            "0",
+            "--logging_steps",
+            "1000",
+            "--disable_tqdm",
+            "--seed",
+            "1",
+        ]
+    )
+    run_py(
+        [
+            os.path.join(ROOT, "export", "export_generation_model.py"),
+            "--model_name_or_path",
+            str(ckpt),
+            "--output_path",
+            str(export / "bloom"),
+        ]
+    )
+    ours = json.loads(
+        run_py(
+            [
+                os.path.join(ROOT, "eval", "run_eval.py"),
+                "--model_name_or_path",
+                str(ckpt),
+                "--eval_path",
+                path,
+                "--cloze_eval",
+                "--batch_size",
+                "8",
+                "--seq_length",
+                "256",
+                "--output_file",
+                str(tmp_path / "ours.json"),
+            ]
+        ).stdout
+        and (tmp_path / "ours.json").read_text()
+    )
 
     task = tmp_path / "tasks"
     task.mkdir()
-    (task / "lambada_slice.yaml").write_text(f"""task: lambada_slice
+    (task / "lambada_slice.yaml").write_text(
+        f"""task: lambada_slice
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -252,21 +380,44 @@ metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     proc, base = start_server(str(export), "--model_name", MODEL, "--max_prompt_tokens", "256", "--max_new_tokens", "8")
     try:
         env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        out = subprocess.run([HF_PY, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-                              f"model={MODEL},base_url={base}/v1/completions,tokenizer={export},tokenizer_backend=huggingface,"
-                              "tokenized_requests=True,num_concurrent=1,max_retries=1,max_length=256",
-                              "--tasks", "lambada_slice", "--include_path", str(task), "--batch_size", "8",
-                              "--output_path", str(tmp_path / "lm_eval")],
-                             capture_output=True, text=True, timeout=900, env=env, cwd=str(tmp_path))
+        out = subprocess.run(
+            [
+                HF_PY,
+                "-m",
+                "lm_eval",
+                "--model",
+                "local-completions",
+                "--model_args",
+                f"model={MODEL},base_url={base}/v1/completions,tokenizer={export},tokenizer_backend=huggingface,"
+                "tokenized_requests=True,num_concurrent=1,max_retries=1,max_length=256",
+                "--tasks",
+                "lambada_slice",
+                "--include_path",
+                str(task),
+                "--batch_size",
+                "8",
+                "--output_path",
+                str(tmp_path / "lm_eval"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+            cwd=str(tmp_path),
+        )
         assert out.returncode == 0, out.stderr[-4000:]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    found = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "lm_eval") for f in files if f.startswith("results")]
+    found = [
+        os.path.join(d, f) for d, _, files in os.walk(tmp_path / "lm_eval") for f in files if f.startswith("results")
+    ]
     theirs = json.load(open(found[0]))["results"]["lambada_slice"]
     print("lm-eval:", theirs, "run_eval:", ours)
     assert 0 < ours["accuracy"] < 1, ours  # some words right, some wrong: the comparison means something

@@ -1,6 +1,7 @@
 """Process-wide workarounds (paddlebloom/workarounds.py) and what every entry point sets up: each
 test fails if its workaround is removed. Most run in a fresh process, because what they guard
 happens at `import paddle` or is process-wide."""
+
 import ast
 import glob
 import json
@@ -31,7 +32,9 @@ def probe(omp=None):
     env["PYTHONPATH"] = ROOT
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True, timeout=300
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,7 +67,9 @@ for frozen in (False, True):
     assert (b.grad is None) == frozen
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
@@ -144,7 +149,11 @@ sys.exit(run_main("prog", body))
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
-    for case, line in (("value", "--top_p 2.0: must be in (0, 1]"), ("data", "in.jsonl:3: no 'src' field"), ("missing", "ckpt: no config.json")):
+    for case, line in (
+        ("value", "--top_p 2.0: must be in (0, 1]"),
+        ("data", "in.jsonl:3: no 'src' field"),
+        ("missing", "ckpt: no config.json"),
+    ):
         out = run_code(ERROR_PROBE, case)
         assert (out.returncode, out.stderr) == (2, f"prog: error: {line}\n"), out.stderr
     bug = run_code(ERROR_PROBE, "bug")  # a KeyError is a bug, not bad input: its traceback stays
@@ -154,7 +163,9 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
 def test_scripts_start_without_paddles_import_warning():
     # `import paddle` warns that ccache is missing; each thin script filters that one message first.
     for script in ("finetune/finetune_generation.py", "deploy/serve.py"):
-        out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0 and "No ccache found" not in out.stderr, out.stderr[-2000:]
 
 
@@ -169,7 +180,11 @@ def test_every_workaround_names_a_test_that_exists_and_is_in_the_readme_table():
             tests.update(re.findall(r"^def (test_\w+)", f.read(), re.M))
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         table = f.read().split("## Upstream defects", 1)[1].split("\n## ", 1)[0]
-    workarounds = {n.name: ast.get_docstring(n) or "" for n in module.body if isinstance(n, ast.FunctionDef) and "Defect" in (ast.get_docstring(n) or "")}
+    workarounds = {
+        n.name: ast.get_docstring(n) or ""
+        for n in module.body
+        if isinstance(n, ast.FunctionDef) and "Defect" in (ast.get_docstring(n) or "")
+    }
     assert len(workarounds) >= 12, sorted(workarounds)
     for name, doc in workarounds.items():
         named = re.findall(r"\b(test_\w+)\b(?!\.py)", doc)

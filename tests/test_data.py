@@ -1,4 +1,5 @@
 """Issue 3, data: every format gives the expected shifted, prompt-masked token arrays."""
+
 import json
 
 import numpy as np
@@ -48,31 +49,87 @@ def write(path, records, array=False):
 
 
 CASES = {
-    "alpaca": ({"instruction": "Translate into Chinese.", "input": "cat", "output": "猫"}, [("Translate into Chinese.\ncat", "猫")]),
-    "alpaca_empty_input": ({"instruction": "What is 3 plus 4?", "input": "", "output": "7"}, [("What is 3 plus 4?", "7")]),
+    "alpaca": (
+        {"instruction": "Translate into Chinese.", "input": "cat", "output": "猫"},
+        [("Translate into Chinese.\ncat", "猫")],
+    ),
+    "alpaca_empty_input": (
+        {"instruction": "What is 3 plus 4?", "input": "", "output": "7"},
+        [("What is 3 plus 4?", "7")],
+    ),
     "belle": ({"instruction": "三加四等于多少？", "output": "七"}, [("三加四等于多少？", "七")]),
     "src_tgt": ({"src": "Alice has a", "tgt": "red cat"}, [("Alice has a", "red cat")]),
     "src_tgt_multi": ({"src": ["hi", "and then?"], "tgt": ["hello", "bye"]}, [("hi", "hello"), ("and then?", "bye")]),
-    "conversation": ({"id": "1", "conversations": [{"from": "human", "value": "你好"}, {"from": "assistant", "value": "你好！"},
-                                                    {"from": "human", "value": "Who are you?"}, {"from": "assistant", "value": "A tiny BLOOM."}]},
-                     [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")]),
+    "conversation": (
+        {
+            "id": "1",
+            "conversations": [
+                {"from": "human", "value": "你好"},
+                {"from": "assistant", "value": "你好！"},
+                {"from": "human", "value": "Who are you?"},
+                {"from": "assistant", "value": "A tiny BLOOM."},
+            ],
+        },
+        [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")],
+    ),
     "text": ({"text": "Bob went to Paris with a dog."}, [(None, "Bob went to Paris with a dog.")]),
 }
 SYSTEM = "You are a terse assistant."
 # The formats users bring from LLaMA-Factory and OpenAI, each with a system prompt: (record, pairs, system).
 SYSTEM_CASES = {
-    "sharegpt": ({"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"},
-                                    {"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "A tiny BLOOM."}], "system": SYSTEM},
-                 [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")], SYSTEM),
-    "sharegpt_system_turn": ({"conversations": [{"from": "system", "value": SYSTEM}, {"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]},
-                             [("hi", "hello")], SYSTEM),
-    "openai_messages": ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "3 plus 4?"}, {"role": "assistant", "content": "7"},
-                                      {"role": "user", "content": [{"type": "text", "text": "and 5 plus 5?"}]}, {"role": "assistant", "content": "10"}]},
-                        [("3 plus 4?", "7"), ("and 5 plus 5?", "10")], SYSTEM),
-    "alpaca_history_system": ({"instruction": "Translate into Chinese.", "input": "dog", "output": "狗", "system": SYSTEM,
-                               "history": [["Translate into Chinese.\ncat", "猫"], ["And bird?", "鸟"]]},
-                              [("Translate into Chinese.\ncat", "猫"), ("And bird?", "鸟"), ("Translate into Chinese.\ndog", "狗")], SYSTEM),
-    "belle_history": ({"instruction": "三加四等于多少？", "output": "七", "history": [["一加一？", "二"]]}, [("一加一？", "二"), ("三加四等于多少？", "七")], None),
+    "sharegpt": (
+        {
+            "conversations": [
+                {"from": "human", "value": "你好"},
+                {"from": "gpt", "value": "你好！"},
+                {"from": "human", "value": "Who are you?"},
+                {"from": "gpt", "value": "A tiny BLOOM."},
+            ],
+            "system": SYSTEM,
+        },
+        [("你好", "你好！"), ("Who are you?", "A tiny BLOOM.")],
+        SYSTEM,
+    ),
+    "sharegpt_system_turn": (
+        {
+            "conversations": [
+                {"from": "system", "value": SYSTEM},
+                {"from": "user", "value": "hi"},
+                {"from": "assistant", "value": "hello"},
+            ]
+        },
+        [("hi", "hello")],
+        SYSTEM,
+    ),
+    "openai_messages": (
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "3 plus 4?"},
+                {"role": "assistant", "content": "7"},
+                {"role": "user", "content": [{"type": "text", "text": "and 5 plus 5?"}]},
+                {"role": "assistant", "content": "10"},
+            ]
+        },
+        [("3 plus 4?", "7"), ("and 5 plus 5?", "10")],
+        SYSTEM,
+    ),
+    "alpaca_history_system": (
+        {
+            "instruction": "Translate into Chinese.",
+            "input": "dog",
+            "output": "狗",
+            "system": SYSTEM,
+            "history": [["Translate into Chinese.\ncat", "猫"], ["And bird?", "鸟"]],
+        },
+        [("Translate into Chinese.\ncat", "猫"), ("And bird?", "鸟"), ("Translate into Chinese.\ndog", "狗")],
+        SYSTEM,
+    ),
+    "belle_history": (
+        {"instruction": "三加四等于多少？", "output": "七", "history": [["一加一？", "二"]]},
+        [("一加一？", "二"), ("三加四等于多少？", "七")],
+        None,
+    ),
 }
 ALL_CASES = {**{k: (r, p, None) for k, (r, p) in CASES.items()}, **SYSTEM_CASES}
 
@@ -81,7 +138,7 @@ ALL_CASES = {**{k: (r, p, None) for k, (r, p) in CASES.items()}, **SYSTEM_CASES}
 def test_each_format_gives_shifted_masked_arrays(tok, tmp_path, name):
     record, pairs, system = ALL_CASES[name]
     path = write(tmp_path / f"{name}.jsonl", [record])
-    (ids, labels), = load_examples([path], tok, BELLE, 256, 256, show_progress=False)
+    ((ids, labels),) = load_examples([path], tok, BELLE, 256, 256, show_progress=False)
     want_ids, want_labels = expected(tok, pairs, system)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(labels, want_labels)
@@ -102,7 +159,9 @@ def test_json_array_and_txt_and_template_choice(tok, tmp_path):
     txt = tmp_path / "t.txt"
     txt.write_text("line one\n\nline two\n", encoding="utf-8")
     assert [r["text"] for _, r in iter_records(str(txt))] == ["line one", "line two"]
-    (ids, _), = load_examples([write(tmp_path / "b.jsonl", [CASES["belle"][0]])], tok, TEMPLATES["alpaca"], 256, 256, show_progress=False)
+    ((ids, _),) = load_examples(
+        [write(tmp_path / "b.jsonl", [CASES["belle"][0]])], tok, TEMPLATES["alpaca"], 256, 256, show_progress=False
+    )
     assert tok.decode(ids).startswith("Below is an instruction")
 
 
@@ -130,23 +189,43 @@ def test_prompt_for_prediction_uses_history(tok):
     # predicting needs no answer field
     assert prompt_for_prediction({"instruction": "Translate.", "input": "cat"}) == BELLE.render("Translate.\ncat")
     assert prompt_for_prediction({"src": "Alice has a"}) == BELLE.render("Alice has a")
-    assert prompt_for_prediction({"src": ["hi", "and?"], "tgt": ["hello"]}) == BELLE.render("hi") + "hello</s>" + BELLE.render("and?")
+    assert prompt_for_prediction({"src": ["hi", "and?"], "tgt": ["hello"]}) == BELLE.render(
+        "hi"
+    ) + "hello</s>" + BELLE.render("and?")
 
 
-@pytest.mark.parametrize("record, field", [
-    ({"instruction": "x"}, "'output'"),
-    ({"instruction": 3, "output": "y"}, "'instruction'"),
-    ({"conversations": [{"from": "assistant", "value": "x"}]}, "conversations[0]"),
-    ({"conversations": [{"from": "gpt", "value": "x"}]}, "'conversations[0]': gpt turn without a user turn"),
-    ({"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "{}"}]}, "'conversations[1]' needs 'from' one of human|user|gpt|assistant|system"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "c"}]}, "'messages[2]': a system message must come before"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, "'messages[0].content' must be a string or a list of text parts"),
-    ({"messages": [{"speaker": "user", "text": "a"}]}, "'messages[0]' needs 'role'"),
-    ({"instruction": "a", "output": "b", "history": [["q"]]}, "'history[0]' must be a [query, answer] pair"),
-    ({"instruction": "a", "output": "b", "system": 3}, "'system' must be a string"),
-    ({"src": ["a"], "tgt": "b"}, "'src'/'tgt'"),
-    ({"foo": "bar"}, "unknown format"),
-])
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"instruction": "x"}, "'output'"),
+        ({"instruction": 3, "output": "y"}, "'instruction'"),
+        ({"conversations": [{"from": "assistant", "value": "x"}]}, "conversations[0]"),
+        ({"conversations": [{"from": "gpt", "value": "x"}]}, "'conversations[0]': gpt turn without a user turn"),
+        (
+            {"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "{}"}]},
+            "'conversations[1]' needs 'from' one of human|user|gpt|assistant|system",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "system", "content": "c"},
+                ]
+            },
+            "'messages[2]': a system message must come before",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+            "'messages[0].content' must be a string or a list of text parts",
+        ),
+        ({"messages": [{"speaker": "user", "text": "a"}]}, "'messages[0]' needs 'role'"),
+        ({"instruction": "a", "output": "b", "history": [["q"]]}, "'history[0]' must be a [query, answer] pair"),
+        ({"instruction": "a", "output": "b", "system": 3}, "'system' must be a string"),
+        ({"src": ["a"], "tgt": "b"}, "'src'/'tgt'"),
+        ({"foo": "bar"}, "unknown format"),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path, record, field):
     path = write(tmp_path / "bad.jsonl", [CASES["belle"][0], record])
     with pytest.raises(DataError) as err:
@@ -171,11 +250,20 @@ def test_templates_write_the_system_prompt_as_documented():
     q = "2+2?"
     assert TEMPLATES["belle"].render(q) == "Human: \n2+2?\n\nAssistant: \n"
     assert TEMPLATES["belle"].render(q, SYSTEM) == SYSTEM + "\n\nHuman: \n2+2?\n\nAssistant: \n"
-    preamble = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    assert TEMPLATES["alpaca"].render(q) == preamble + "### Instruction:\n2+2?\n\n### Response:\n"  # unchanged without a system prompt
-    assert TEMPLATES["alpaca"].render(q, SYSTEM) == SYSTEM + "\n\n### Instruction:\n2+2?\n\n### Response:\n"  # the system prompt replaces the preamble
+    preamble = (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    )
+    assert (
+        TEMPLATES["alpaca"].render(q) == preamble + "### Instruction:\n2+2?\n\n### Response:\n"
+    )  # unchanged without a system prompt
+    assert (
+        TEMPLATES["alpaca"].render(q, SYSTEM) == SYSTEM + "\n\n### Instruction:\n2+2?\n\n### Response:\n"
+    )  # the system prompt replaces the preamble
     assert TEMPLATES["plain"].render(q, SYSTEM) == SYSTEM + "\n\n2+2?" and TEMPLATES["plain"].render(q) == q
-    assert all(t.render(q, SYSTEM, first=False) == t.render(q, None, first=False) == t.prompt.format(q=q) for t in TEMPLATES.values())
+    assert all(
+        t.render(q, SYSTEM, first=False) == t.render(q, None, first=False) == t.prompt.format(q=q)
+        for t in TEMPLATES.values()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SYSTEM_CASES))
@@ -183,7 +271,9 @@ def test_prediction_and_chat_prompts_carry_history_and_system(tok, tmp_path, nam
     record, pairs, system = SYSTEM_CASES[name]
     *history, (query, answer) = pairs
     # prediction: the last answer is the reference; the prompt is every earlier turn, then the query
-    want = "".join(belle_prompt(q, system, i == 0) + a + "</s>" for i, (q, a) in enumerate(history)) + belle_prompt(query, system, not history)
+    want = "".join(belle_prompt(q, system, i == 0) + a + "</s>" for i, (q, a) in enumerate(history)) + belle_prompt(
+        query, system, not history
+    )
     assert prompt_for_prediction(record) == want
     key = "conversations" if "conversations" in record else "messages" if "messages" in record else None
     if key:  # a conversation that ends with the user asks for the next answer: same prompt
@@ -191,20 +281,23 @@ def test_prediction_and_chat_prompts_carry_history_and_system(tok, tmp_path, nam
     else:
         assert prompt_for_prediction({k: v for k, v in record.items() if k != "output"}) == want
     # chat: the same token ids as the training example up to the last answer
-    (ids, _), = load_examples([write(tmp_path / "r.jsonl", [record])], tok, BELLE, 256, 256, show_progress=False)
+    ((ids, _),) = load_examples([write(tmp_path / "r.jsonl", [record])], tok, BELLE, 256, 256, show_progress=False)
     prompt = build_prompt(tok, BELLE, history, query, 256, system)
-    assert prompt == ids[: len(prompt)].tolist() and tok.decode(ids[len(prompt):]).startswith(answer)
+    assert prompt == ids[: len(prompt)].tolist() and tok.decode(ids[len(prompt) :]).startswith(answer)
     assert tok.encode(want) == prompt  # and prediction feeds the model those same ids
     if system and history:  # a full context drops the oldest turns, never the system prompt
         short = build_prompt(tok, BELLE, history, query, len(tok.encode(belle_prompt(query, system))) + 1, system)
         assert short == tok.encode(belle_prompt(query, system))
 
 
-@pytest.mark.parametrize("suffix, content", [
-    (".jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n'),
-    (".json", b'[\n {"text": "fine"},\n {"text": "caf\xe9"}\n]\n'),
-    (".txt", b"fine\ncaf\xe9\n"),
-])
+@pytest.mark.parametrize(
+    "suffix, content",
+    [
+        (".jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n'),
+        (".json", b'[\n {"text": "fine"},\n {"text": "caf\xe9"}\n]\n'),
+        (".txt", b"fine\ncaf\xe9\n"),
+    ],
+)
 def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, suffix, content):
     path = tmp_path / f"latin1{suffix}"
     path.write_bytes(content)
@@ -219,6 +312,10 @@ def test_convert_keeps_the_system_prompt():
 
     record = SYSTEM_CASES["openai_messages"][0]
     conv = convert_record(record, "conversations", "r")
-    assert conv["system"] == SYSTEM and to_dialogue(conv) == to_dialogue(record)  # LLaMA-Factory's sharegpt `system` field
+    assert conv["system"] == SYSTEM and to_dialogue(conv) == to_dialogue(
+        record
+    )  # LLaMA-Factory's sharegpt `system` field
     st = convert_record(record, "src_tgt", "r", TEMPLATES["belle"])
-    assert st["src"] == [belle_prompt("3 plus 4?", SYSTEM), belle_prompt("and 5 plus 5?", SYSTEM, first=False)] and st["tgt"] == ["7", "10"]
+    assert st["src"] == [belle_prompt("3 plus 4?", SYSTEM), belle_prompt("and 5 plus 5?", SYSTEM, first=False)] and st[
+        "tgt"
+    ] == ["7", "10"]

@@ -1,4 +1,5 @@
 """`make demo` end to end: the summary's claims are checked against its own artefacts."""
+
 import json
 import os
 import subprocess
@@ -19,7 +20,10 @@ def test_make_demo_learns_the_new_instruction(tmp_path):
     ppl = summary["ppl"]
     assert ppl["pretrained"] < ppl["new"] / 10
     # Held-out prompts (inputs never trained on), answered by the exported static model.
-    before, after = summary["held_out_exact_match_before_lora"][TARGET_FAMILY], summary["held_out_exact_match"][TARGET_FAMILY]
+    before, after = (
+        summary["held_out_exact_match_before_lora"][TARGET_FAMILY],
+        summary["held_out_exact_match"][TARGET_FAMILY],
+    )
     assert after >= 0.8 and after > before, summary
     with open(summary["artefacts"]["answers"], encoding="utf-8") as f:
         answers = [json.loads(line) for line in f]

@@ -1,5 +1,6 @@
 """Issue 17: preference tuning (DPO / IPO) on the fine-tuning trainer — TRL's loss and gradients,
 the LoRA reference, TP=2 ≡ TP=1, resume, data formats and bad input."""
+
 import json
 import os
 import re
@@ -62,7 +63,10 @@ def load(directory):
     return model
 
 
-TRL_SETTINGS = [{"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.1}, {"beta": 0.5, "loss_type": "ipo", "label_smoothing": 0.0}]
+TRL_SETTINGS = [
+    {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.1},
+    {"beta": 0.5, "loss_type": "ipo", "label_smoothing": 0.0},
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +81,20 @@ def trl_results(tiny_dir, policy_dir, tmp_path_factory):
     pairs = first_word_pairs(6, seed=5)
     with open(base / "pairs.json", "w", encoding="utf-8") as f:  # TRL gets text and tokenises it itself
         json.dump([{**p, "prompt": BELLE.render(p["prompt"])} for p in pairs], f, ensure_ascii=False)
-    subprocess.run([HF_PY, os.path.join(ROOT, "tests", "workers", "trl_dpo.py"), str(base / "policy"), str(base / "reference"),
-                    str(base / "pairs.json"), json.dumps(TRL_SETTINGS), str(base / "out")], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            HF_PY,
+            os.path.join(ROOT, "tests", "workers", "trl_dpo.py"),
+            str(base / "policy"),
+            str(base / "reference"),
+            str(base / "pairs.json"),
+            json.dumps(TRL_SETTINGS),
+            str(base / "out"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return pairs, [np.load(base / f"out.{n}.npz") for n in range(len(TRL_SETTINGS))]
 
 
@@ -107,12 +123,16 @@ def test_loss_metrics_and_gradients_equal_trl(trl_results, tiny_dir, policy_dir,
     for name in ("logps/chosen", "logps/rejected"):  # sums over an answer: float32 keeps ~7 digits of -20
         assert abs(metrics[name] - want[name]) < 1e-4 * max(1.0, abs(want[name])), (name, metrics[name], want[name])
     grads = {n: p.grad.numpy() for n, p in policy.named_parameters()}
-    assert sorted(grads) == sorted(k[len("grad:"):] for k in trl.files if k.startswith("grad:"))
+    assert sorted(grads) == sorted(k[len("grad:") :] for k in trl.files if k.startswith("grad:"))
     worst = max(np.abs(grads[n] - trl["grad:" + n]).max() for n in grads)
     largest = max(np.abs(trl["grad:" + n]).max() for n in grads)
-    print(f"{s['loss_type']}: loss {float(loss):.8f} vs TRL {float(trl['loss']):.8f}; gradients differ by at most {worst:.2e} (largest {largest:.2e})")
+    print(
+        f"{s['loss_type']}: loss {float(loss):.8f} vs TRL {float(trl['loss']):.8f}; gradients differ by at most {worst:.2e} (largest {largest:.2e})"
+    )
     assert worst < 1e-5 and largest > 1e-2, (worst, largest)
-    assert max(abs(want["rewards/chosen"]), abs(want["rewards/rejected"])) > 1e-2  # the policy really differs from its reference
+    assert (
+        max(abs(want["rewards/chosen"]), abs(want["rewards/rejected"])) > 1e-2
+    )  # the policy really differs from its reference
 
 
 def test_lora_reference_is_the_base_model_with_adapters_off(tiny_dir):
@@ -120,9 +140,18 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_dir):
     from paddlebloom.lora.model import LoRA
 
     tok = BloomTokenizer.from_pretrained(tiny_dir)
-    batch = [paddle.to_tensor(a) for a in collate_pairs([encode_preference(to_preference(p), tok, BELLE, 64, 16) for p in first_word_pairs(4, 1)], 3)]
+    batch = [
+        paddle.to_tensor(a)
+        for a in collate_pairs(
+            [encode_preference(to_preference(p), tok, BELLE, 64, 16) for p in first_word_pairs(4, 1)], 3
+        )
+    ]
     base = FrozenCopy(BloomConfig.load(tiny_dir), tiny_dir)
-    lora = LoRA(LoRAConfig(r=4, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("qkv,dense,dense_h_to_4h,dense_4h_to_h")))
+    lora = LoRA(
+        LoRAConfig(
+            r=4, lora_dropout=0.0, target_modules=LoRAConfig.parse_targets("qkv,dense,dense_h_to_4h,dense_4h_to_h")
+        )
+    )
     policy = lora.apply(load(tiny_dir))
     for name, p in lora.trainable_state(policy).items():  # a trained-looking adapter (B starts at 0)
         if name.endswith("lora_B"):
@@ -139,9 +168,32 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_dir):
 
 
 def dpo_flags(model_dir, data, out, *extra):
-    return ["--model_name_or_path", model_dir, "--train_file", data, "--output_dir", str(out), "--src_length", "48", "--tgt_length", "16",
-            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "0", "--disable_tqdm", "--seed", "3",
-            "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", *extra]
+    return [
+        "--model_name_or_path",
+        model_dir,
+        "--train_file",
+        data,
+        "--output_dir",
+        str(out),
+        "--src_length",
+        "48",
+        "--tgt_length",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "0",
+        "--disable_tqdm",
+        "--seed",
+        "3",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +204,17 @@ def pairs_file(tmp_path_factory):
 DPO_MODES = {
     "full": ["--beta", "0.2", "--label_smoothing", "0.1"],
     # dropout 0: dropout masks on row-parallel shards cannot reproduce single-process masks
-    "lora": ["--lora", "--lora_dropout", "0", "--lora_target_modules", "qkv,dense,dense_h_to_4h,dense_4h_to_h", "--loss_type", "ipo", "--learning_rate", "1e-2"],
+    "lora": [
+        "--lora",
+        "--lora_dropout",
+        "0",
+        "--lora_target_modules",
+        "qkv,dense,dense_h_to_4h,dense_4h_to_h",
+        "--loss_type",
+        "ipo",
+        "--learning_rate",
+        "1e-2",
+    ],
 }
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 
@@ -161,7 +223,10 @@ STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
 def test_tp2_follows_tp1(tiny_dir, pairs_file, tmp_path, mode):
     extra = ["--max_steps", "6", *DPO_MODES[mode]]
     one = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "tp1", *extra)))["train_history"]
-    launch([SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "tp2", *extra), "--tensor_parallel_degree", "2"], tmp_path / "log")
+    launch(
+        [SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "tp2", *extra), "--tensor_parallel_degree", "2"],
+        tmp_path / "log",
+    )
     saved = json.load(open(tmp_path / "tp2" / "metrics.json"))
     two = saved["train_history"]
     assert saved["tensor_parallel_degree"] == 2 and saved["kind"] == mode and len(one) == len(two) == 6
@@ -174,19 +239,33 @@ def test_tp2_follows_tp1(tiny_dir, pairs_file, tmp_path, mode):
 
 def test_two_data_parallel_ranks_equal_one_big_batch(tiny_dir, pairs_file, tmp_path):
     """Pairs weigh the same on every rank: DP=2 x 2 pairs is one step over the 4 pairs."""
-    one = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "dp1", "--max_steps", "3")))["train_history"]
-    launch([SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "dp2", "--max_steps", "3", "--per_device_train_batch_size", "2")], tmp_path / "log")
+    one = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "dp1", "--max_steps", "3")))[
+        "train_history"
+    ]
+    launch(
+        [
+            SCRIPT,
+            *dpo_flags(
+                tiny_dir, pairs_file, tmp_path / "dp2", "--max_steps", "3", "--per_device_train_batch_size", "2"
+            ),
+        ],
+        tmp_path / "log",
+    )
     saved = json.load(open(tmp_path / "dp2" / "metrics.json"))
     assert saved["data_parallel_degree"] == 2
     for name in STEP_METRICS:
-        assert max(abs(a[name] - b[name]) for a, b in zip(one, saved["train_history"])) < 1e-5 * max(1.0, max(abs(a[name]) for a in one)), name
+        assert max(abs(a[name] - b[name]) for a, b in zip(one, saved["train_history"])) < 1e-5 * max(
+            1.0, max(abs(a[name]) for a in one)
+        ), name
 
 
 def test_resume_continues_exactly(tiny_dir, pairs_file, tmp_path):
     straight = run_dpo(parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "straight", "--max_steps", "4")))
     # fresh processes, as a restarted job (Paddle names optimizer state after creation order)
     run_py([SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "resumed", "--max_steps", "2", "--save_steps", "2")])
-    proc = run_py([SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "resumed", "--max_steps", "4", "--save_steps", "2")])
+    proc = run_py(
+        [SCRIPT, *dpo_flags(tiny_dir, pairs_file, tmp_path / "resumed", "--max_steps", "4", "--save_steps", "2")]
+    )
     assert "resumed from" in proc.stdout
     resumed = json.load(open(tmp_path / "resumed" / "metrics.json"))
     assert resumed["train_history"] == straight["train_history"]  # the reference is the starting model again
@@ -197,18 +276,46 @@ def test_resume_continues_exactly(tiny_dir, pairs_file, tmp_path):
 Q, C, R, S = "最前面的词是什么？\ncat dog fish", "cat", "fish", "Answer with one word."
 ONE_TURN = {
     "trl": {"prompt": Q, "chosen": C, "rejected": R, "system": S},
-    "trl conversational": {"prompt": [{"role": "system", "content": S}, {"role": "user", "content": Q}],
-                           "chosen": [{"role": "assistant", "content": C}], "rejected": [{"role": "assistant", "content": R}]},
+    "trl conversational": {
+        "prompt": [{"role": "system", "content": S}, {"role": "user", "content": Q}],
+        "chosen": [{"role": "assistant", "content": C}],
+        "rejected": [{"role": "assistant", "content": R}],
+    },
     "alpaca": {"instruction": "最前面的词是什么？", "input": "cat dog fish", "chosen": C, "rejected": R, "system": S},
-    "sharegpt": {"conversations": [{"from": "system", "value": S}, {"from": "human", "value": Q}], "chosen": {"from": "gpt", "value": C}, "rejected": {"from": "gpt", "value": R}},
-    "messages": {"messages": [{"role": "user", "content": Q}], "system": S, "chosen": {"role": "assistant", "content": C}, "rejected": {"role": "assistant", "content": R}},
+    "sharegpt": {
+        "conversations": [{"from": "system", "value": S}, {"from": "human", "value": Q}],
+        "chosen": {"from": "gpt", "value": C},
+        "rejected": {"from": "gpt", "value": R},
+    },
+    "messages": {
+        "messages": [{"role": "user", "content": Q}],
+        "system": S,
+        "chosen": {"role": "assistant", "content": C},
+        "rejected": {"role": "assistant", "content": R},
+    },
     "paddlenlp sorted": {"src": Q, "tgt": [], "response": [R, C], "sort": [0, 1], "system": S},
 }
 H_Q, H_A = "你好", "你好！"
 TWO_TURNS = {
-    "trl conversational": {"prompt": [{"role": "user", "content": H_Q}, {"role": "assistant", "content": H_A}, {"role": "user", "content": Q}], "chosen": C, "rejected": R},
+    "trl conversational": {
+        "prompt": [
+            {"role": "user", "content": H_Q},
+            {"role": "assistant", "content": H_A},
+            {"role": "user", "content": Q},
+        ],
+        "chosen": C,
+        "rejected": R,
+    },
     "alpaca history": {"instruction": Q, "history": [[H_Q, H_A]], "chosen": C, "rejected": R},
-    "sharegpt": {"conversations": [{"from": "human", "value": H_Q}, {"from": "gpt", "value": H_A}, {"from": "human", "value": Q}], "chosen": C, "rejected": R},
+    "sharegpt": {
+        "conversations": [
+            {"from": "human", "value": H_Q},
+            {"from": "gpt", "value": H_A},
+            {"from": "human", "value": Q},
+        ],
+        "chosen": C,
+        "rejected": R,
+    },
     "paddlenlp": {"src": [H_Q, Q], "tgt": [H_A], "response": [C, R]},
 }
 
@@ -228,11 +335,22 @@ def test_every_format_gives_the_fine_tuning_tokens_with_only_the_final_answer_sc
     prompt = len(c_ids) - len(tok.encode(C))
     assert np.array_equal(c_ids[:prompt], r_ids[:prompt])  # both answers after the same prompt
     # the chosen side is the fine-tuning example of the same conversation, earlier answers unscored
-    history = [{"from": "human", "value": H_Q}, {"from": "gpt", "value": H_A}] if records is TWO_TURNS else [{"from": "system", "value": S}]
-    sft = write_jsonl(tmp_path / "sft.jsonl", [{"conversations": history + [{"from": "human", "value": Q}, {"from": "gpt", "value": C}]}])
-    (ids, labels), = load_examples([sft], tok, BELLE, 64, 16, show_progress=False)
-    assert np.array_equal(ids, c_ids) and np.array_equal(labels[-len(tok.encode(C)) - 1:], c_labels[-len(tok.encode(C)) - 1:])
-    assert (labels != -100).sum() > (c_labels != -100).sum() if records is TWO_TURNS else np.array_equal(labels, c_labels)
+    history = (
+        [{"from": "human", "value": H_Q}, {"from": "gpt", "value": H_A}]
+        if records is TWO_TURNS
+        else [{"from": "system", "value": S}]
+    )
+    sft = write_jsonl(
+        tmp_path / "sft.jsonl",
+        [{"conversations": history + [{"from": "human", "value": Q}, {"from": "gpt", "value": C}]}],
+    )
+    ((ids, labels),) = load_examples([sft], tok, BELLE, 64, 16, show_progress=False)
+    assert np.array_equal(ids, c_ids) and np.array_equal(
+        labels[-len(tok.encode(C)) - 1 :], c_labels[-len(tok.encode(C)) - 1 :]
+    )
+    assert (
+        (labels != -100).sum() > (c_labels != -100).sum() if records is TWO_TURNS else np.array_equal(labels, c_labels)
+    )
 
 
 def test_over_long_conversations_keep_the_same_prompt_for_both_answers(tiny_dir):
@@ -242,13 +360,21 @@ def test_over_long_conversations_keep_the_same_prompt_for_both_answers(tiny_dir)
     history, long_answer = [(f"hi {i}", f"ok {i}") for i in range(6)], "cat " * 20
     # fine-tuning's truncation alone would keep one more old turn before the short answer
     alone = [encode_turns(history + [(Q, a)], tok, BELLE, 96, 16)[0] for a in (long_answer, R)]
-    assert tok.decode(list(alone[0])).startswith("Human: \nhi 5") and tok.decode(list(alone[1])).startswith("Human: \nhi 4")
-    record = {"prompt": [m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})] + [{"role": "user", "content": Q}],
-              "chosen": long_answer, "rejected": R}
+    assert tok.decode(list(alone[0])).startswith("Human: \nhi 5") and tok.decode(list(alone[1])).startswith(
+        "Human: \nhi 4"
+    )
+    record = {
+        "prompt": [m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        + [{"role": "user", "content": Q}],
+        "chosen": long_answer,
+        "rejected": R,
+    }
     c_ids, c_labels, r_ids, r_labels = encode_preference(to_preference(record), tok, BELLE, 96, 16)
     c_prompt, r_prompt = len(c_ids) + 1 - (c_labels != -100).sum(), len(r_ids) + 1 - (r_labels != -100).sum()
     assert c_prompt == r_prompt and np.array_equal(c_ids[:c_prompt], r_ids[:r_prompt])
-    assert tok.decode(list(r_ids)).startswith("Human: \nhi 5") and tok.decode(list(c_ids[:c_prompt])).endswith(BELLE.render(Q, first=False))
+    assert tok.decode(list(r_ids)).startswith("Human: \nhi 5") and tok.decode(list(c_ids[:c_prompt])).endswith(
+        BELLE.render(Q, first=False)
+    )
     assert len(c_ids) + 1 <= 96 + 16 and [t for t in r_labels if t != -100] == tok.encode(R) + [tok.eos_token_id]
 
 
@@ -257,9 +383,22 @@ BAD_PAIRS = {
     "paddlenlp tgt": ({"src": ["a", "b"], "tgt": [], "response": ["x", "y"]}, "field 'tgt'"),
     "paddlenlp sort tie": ({"src": "a", "response": ["x", "y"], "sort": [1, 1]}, "field 'sort'"),
     "paddlenlp one response": ({"src": "a", "response": ["x"]}, "field 'response'"),
-    "answered conversation": ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], "chosen": "c", "rejected": "d"}, "must end with a user turn"),
-    "bad message": ({"prompt": [{"role": "robot", "content": "a"}], "chosen": "c", "rejected": "d"}, "field 'prompt': field 'messages[0]'"),
-    "chosen not an answer": ({"prompt": "q", "chosen": {"role": "user", "content": "c"}, "rejected": "d"}, "field 'chosen'"),
+    "answered conversation": (
+        {
+            "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
+            "chosen": "c",
+            "rejected": "d",
+        },
+        "must end with a user turn",
+    ),
+    "bad message": (
+        {"prompt": [{"role": "robot", "content": "a"}], "chosen": "c", "rejected": "d"},
+        "field 'prompt': field 'messages[0]'",
+    ),
+    "chosen not an answer": (
+        {"prompt": "q", "chosen": {"role": "user", "content": "c"}, "rejected": "d"},
+        "field 'chosen'",
+    ),
     "same answers": ({"prompt": "q", "chosen": "same", "rejected": "same"}, "give the same tokens"),
     "unknown format": ({"question": "q"}, "unknown preference format"),
 }
@@ -291,7 +430,9 @@ def test_bad_flags_are_refused(tiny_dir, pairs_file, tmp_path, case):
 
 
 def test_bad_data_stops_the_script_in_one_line_and_writes_nothing(tiny_dir, tmp_path):
-    bad = write_jsonl(tmp_path / "bad.jsonl", first_word_pairs(3, 0) + [{"src": "q", "response": ["x", "y"], "sort": [2, 2]}])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", first_word_pairs(3, 0) + [{"src": "q", "response": ["x", "y"], "sort": [2, 2]}]
+    )
     proc = run_py([SCRIPT, *dpo_flags(tiny_dir, bad, tmp_path / "out", "--max_steps", "1")], check=False)
     lines = [l for l in proc.stderr.splitlines() if l.strip() and "warn" not in l.lower()]
     assert proc.returncode == 2 and lines[-1].startswith(f"dpo.py: error: {bad}:4: field 'sort'"), proc.stderr[-800:]

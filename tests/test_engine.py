@@ -1,5 +1,6 @@
 """Issue 12: the step-wise engine — requests join mid-flight, slots are reused cleanly, beam search
 equals Hugging Face's, and int8 / bf16 weights keep the model's answers and perplexity."""
+
 import json
 import os
 import subprocess
@@ -19,7 +20,6 @@ from paddlebloom.export.exporter import export_generation
 from paddlebloom.generation import generate_ids
 from paddlebloom.loading import load_model
 from paddlebloom.tokenizer import BloomTokenizer
-from test_export import reference_greedy
 
 NEW = 12
 
@@ -95,7 +95,9 @@ def test_cache_attention_from_another_thread_equals_the_main_thread():
 
     def run():
         cache = paddle.to_tensor(cache0.copy())
-        args = [paddle.to_tensor(v) for v in ([2, 0, 1], [3, 7, 0], [5, 2, 4])] + [paddle.to_tensor([0.5, 0.25, 0.125, 0.0625])]
+        args = [paddle.to_tensor(v) for v in ([2, 0, 1], [3, 7, 0], [5, 2, 4])] + [
+            paddle.to_tensor([0.5, 0.25, 0.125, 0.0625])
+        ]
         return m.cache_attention(qkv, cache, *args, 1)[0].numpy(), cache.numpy()
 
     main = run()
@@ -138,8 +140,17 @@ def hf_copy(trained_tiny, tmp_path_factory):
 
 
 def hf_beams(hf_dir, prompts, eos, **kw):
-    proc = subprocess.run([HF_PY, os.path.join(ROOT, "tests", "workers", "hf_beam.py"), hf_dir, json.dumps({"prompts": prompts, "eos": eos, **kw})],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            HF_PY,
+            os.path.join(ROOT, "tests", "workers", "hf_beam.py"),
+            hf_dir,
+            json.dumps({"prompts": prompts, "eos": eos, **kw}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -159,10 +170,15 @@ def test_beam_search_equals_hugging_face(trained_tiny, exported_tiny, hf_copy):
     greedy_answers = predictor.generate(prompts, Sampling(max_new_tokens=new))
     differs = 0
     for penalty in penalties:
-        ours = predictor.generate(prompts, Sampling(decode_strategy="beam_search", num_beams=beams, length_penalty=penalty, max_new_tokens=new))
+        ours = predictor.generate(
+            prompts,
+            Sampling(decode_strategy="beam_search", num_beams=beams, length_penalty=penalty, max_new_tokens=new),
+        )
         assert ours == expected[str(penalty)], penalty
         # the eager engine runs the same search
-        config = GenerationConfig(decode_strategy="beam_search", eos_token_id=eos, num_beams=beams, length_penalty=penalty, max_new_tokens=new)
+        config = GenerationConfig(
+            decode_strategy="beam_search", eos_token_id=eos, num_beams=beams, length_penalty=penalty, max_new_tokens=new
+        )
         assert generate_ids(model, prompts, config) == ours
         differs += sum(a != b for a, b in zip(ours, greedy_answers))
     assert differs > 0  # beams found something greedy did not (else this proves little)
@@ -193,7 +209,12 @@ def test_quantized_export_keeps_greedy_answers(kind, quantized_exports, exported
     expected = fp32.generate(prompts, greedy())
     assert low.generate(prompts, greedy()) == expected
     # with oneDNN on as well (a bfloat16 export used to crash there: Paddle's bf16 matmul kernels)
-    assert GenerationPredictor(quantized_exports[kind], "bloom", cpu_threads=1, enable_mkldnn=True).generate(prompts, greedy()) == expected
+    assert (
+        GenerationPredictor(quantized_exports[kind], "bloom", cpu_threads=1, enable_mkldnn=True).generate(
+            prompts, greedy()
+        )
+        == expected
+    )
 
 
 def test_onednn_bf16_precision_where_the_cpu_has_it(exported_tiny, prompts):
@@ -206,7 +227,9 @@ def test_onednn_bf16_precision_where_the_cpu_has_it(exported_tiny, prompts):
             GenerationPredictor(exported_tiny, "bloom", cpu_threads=1, enable_mkldnn=True, precision="bf16")
         pytest.skip("this CPU has neither avx512_bf16 nor amx_bf16 (the one-line error was checked)")
     fp32 = GenerationPredictor(exported_tiny, "bloom", cpu_threads=1).generate(prompts, greedy())
-    bf16 = GenerationPredictor(exported_tiny, "bloom", cpu_threads=1, enable_mkldnn=True, precision="bf16").generate(prompts, greedy())
+    bf16 = GenerationPredictor(exported_tiny, "bloom", cpu_threads=1, enable_mkldnn=True, precision="bf16").generate(
+        prompts, greedy()
+    )
     assert bf16 == fp32
 
 
@@ -223,7 +246,12 @@ def perplexity(step, ids, window=128):
         chunk = ids[start : start + window + 1]
         cache = KVCache(config.n_layer, step.local_heads, config.head_dim, 1, len(chunk))
         with paddle.no_grad():
-            logits = step(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, len(chunk) - 1)), every_position(len(chunk) - 1))
+            logits = step(
+                paddle.to_tensor([chunk[:-1]]),
+                cache.tensor,
+                *(paddle.to_tensor([v]) for v in (0, 0, len(chunk) - 1)),
+                every_position(len(chunk) - 1),
+            )
         logp = logits.numpy()[0].astype(np.float64)
         logp -= np.log(np.exp(logp - logp.max(-1, keepdims=True)).sum(-1, keepdims=True)) + logp.max(-1, keepdims=True)
         nll -= logp[np.arange(len(chunk) - 1), chunk[1:]].sum()
@@ -238,14 +266,42 @@ def wiki_model(tmp_path_factory):
     from paddlebloom.training.arguments import parse_args
     from paddlebloom.training.trainer import run
 
-    lines = [l for l in open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").read().splitlines() if l.strip()]
+    lines = [
+        l for l in open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").read().splitlines() if l.strip()
+    ]
     cut = int(len(lines) * 0.9)
     base = tmp_path_factory.mktemp("wiki")
     (base / "train.txt").write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
     create_tiny(str(base / "tiny"), corpus=[str(base / "train.txt")], seed=0)
-    run(parse_args(["--model_name_or_path", str(base / "tiny"), "--train_file", str(base / "train.txt"), "--output_dir", str(base / "model"),
-                    "--src_length", "64", "--tgt_length", "64", "--per_device_train_batch_size", "16", "--max_steps", "150",
-                    "--learning_rate", "5e-3", "--save_steps", "0", "--logging_steps", "1000", "--disable_tqdm", "--seed", "1"]))
+    run(
+        parse_args(
+            [
+                "--model_name_or_path",
+                str(base / "tiny"),
+                "--train_file",
+                str(base / "train.txt"),
+                "--output_dir",
+                str(base / "model"),
+                "--src_length",
+                "64",
+                "--tgt_length",
+                "64",
+                "--per_device_train_batch_size",
+                "16",
+                "--max_steps",
+                "150",
+                "--learning_rate",
+                "5e-3",
+                "--save_steps",
+                "0",
+                "--logging_steps",
+                "1000",
+                "--disable_tqdm",
+                "--seed",
+                "1",
+            ]
+        )
+    )
     return str(base / "model"), "\n".join(lines[cut:])
 
 
@@ -259,7 +315,12 @@ def test_int8_and_bf16_perplexity_within_one_percent_of_fp32_on_wikitext(wiki_mo
     with paddle.no_grad():
         logits = model(paddle.to_tensor([chunk[:-1]])).logits.numpy()[0]
         cache = KVCache(model.config.n_layer, model.config.n_head, model.config.head_dim, 1, 129)
-        ours = StepModel(model)(paddle.to_tensor([chunk[:-1]]), cache.tensor, *(paddle.to_tensor([v]) for v in (0, 0, 128)), every_position(128)).numpy()[0]
+        ours = StepModel(model)(
+            paddle.to_tensor([chunk[:-1]]),
+            cache.tensor,
+            *(paddle.to_tensor([v]) for v in (0, 0, 128)),
+            every_position(128),
+        ).numpy()[0]
     np.testing.assert_allclose(ours, logits, atol=1e-4)
     print(ppl)
     assert ppl["float32"] < 500, ppl  # the model learned WikiText (a uniform guess over 2000 tokens is 2000)

@@ -1,5 +1,6 @@
 """Issue 9: perplexity and LAMBADA agree with a plain-numpy BLOOM, windows score every token once,
 TP=2 equals TP=1, and the instruction eval really talks to an OpenAI-compatible judge."""
+
 import json
 import math
 import os
@@ -10,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from numpy_bloom import NumpyBloom
 
 from conftest import ROOT, launch, run_py, shared_file
-from numpy_bloom import NumpyBloom
 from paddlebloom.config import BloomConfig
 from paddlebloom.evaluation import judge as judge_mod
 from paddlebloom.evaluation import run_lm
@@ -32,7 +33,9 @@ def rel(a, b):
 
 @pytest.fixture(scope="module")
 def ref(tiny_dir):
-    return NumpyBloom(read_state_for_rank(tiny_dir), BloomConfig.load(tiny_dir).n_head), BloomTokenizer.from_pretrained(tiny_dir)
+    return NumpyBloom(read_state_for_rank(tiny_dir), BloomConfig.load(tiny_dir).n_head), BloomTokenizer.from_pretrained(
+        tiny_dir
+    )
 
 
 def reference_nll(model, tokens, seq_length, stride):
@@ -60,13 +63,20 @@ def evaluate_here(args):
 
 # ------------------------------------------------------------------ detokeniser and windows
 
+
 def test_wikitext_detokenizer_undoes_the_markup():
-    raw = ' = = Career = = \n It is 1 @,@ 000 km @-@ long , and 3 @.@ 5 m ( 24 in ) wide ; the city \'s " big " road don \'t end . \n'
-    assert detokenize_wikitext(raw) == ' == Career ==\nIt is 1,000 km-long, and 3.5 m (24 in) wide; the city\'s "big" road don\'t end.\n'
+    raw = " = = Career = = \n It is 1 @,@ 000 km @-@ long , and 3 @.@ 5 m ( 24 in ) wide ; the city 's \" big \" road don 't end . \n"
+    assert (
+        detokenize_wikitext(raw)
+        == " == Career ==\nIt is 1,000 km-long, and 3.5 m (24 in) wide; the city's \"big\" road don't end.\n"
+    )
     assert count_original_words(" a b\n c ") == 3  # Megatron's count: split on single spaces of the raw text
 
 
-@pytest.mark.parametrize("n,seq,stride", [(2, 4, 1), (10, 4, 1), (10, 4, 4), (11, 4, 3), (100, 16, 5), (5, 16, 8), (1000, 64, 64), (1001, 64, 7)])
+@pytest.mark.parametrize(
+    "n,seq,stride",
+    [(2, 4, 1), (10, 4, 1), (10, 4, 4), (11, 4, 3), (100, 16, 5), (5, 16, 8), (1000, 64, 64), (1001, 64, 7)],
+)
 def test_windows_score_every_token_exactly_once(n, seq, stride):
     counts = np.zeros(n, dtype=int)
     for i, w in enumerate(plan_windows(n, seq, stride)):
@@ -93,13 +103,31 @@ def test_short_file_every_token_scored_once_end_to_end(tiny_dir, ref, tmp_path):
     tokens = tok.encode(text)
     assert 20 < len(tokens) < 200
     for seq, stride in ((8, 3), (8, 8), (5, 1)):
-        got = evaluate_here(["--model_name_or_path", tiny_dir, "--eval_path", str(path), "--seq_length", str(seq), "--overlapping_eval", str(stride), "--batch_size", "3"])
+        got = evaluate_here(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--eval_path",
+                str(path),
+                "--seq_length",
+                str(seq),
+                "--overlapping_eval",
+                str(stride),
+                "--batch_size",
+                "3",
+            ]
+        )
         nll, scored, widest = reference_nll(model, tokens, seq, stride)
-        assert got["num_tokenized_tokens"] == len(tokens) and got["num_scored_tokens"] == scored == len(tokens) - 1 and widest == seq
+        assert (
+            got["num_tokenized_tokens"] == len(tokens)
+            and got["num_scored_tokens"] == scored == len(tokens) - 1
+            and widest == seq
+        )
         assert rel(got["total_nll"], nll) < REL, (seq, stride, got["total_nll"], nll)
 
 
 # ------------------------------------------------------------------ WikiText and LAMBADA vs numpy
+
 
 @pytest.fixture(scope="module")
 def wiki_slice(tmp_path_factory):
@@ -135,7 +163,9 @@ def cloze_file(ref, tmp_path_factory):
     """50 real LAMBADA records plus 6 built so the tiny model's greedy guess is right (a random
     model gets none of the real ones), so accuracy is neither 0 nor 1 and can disagree."""
     model, tok = ref
-    texts = [json.loads(line)["text"] for line in open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8")][:120]
+    texts = [
+        json.loads(line)["text"] for line in open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8")
+    ][:120]
     built = []
     for text in texts[50:]:
         context = " ".join(text.split()[:20])
@@ -173,15 +203,35 @@ def test_lambada_accuracy_and_ppl_match_numpy_forward(cloze_tp1, cloze_file, ref
     assert cloze_tp1["num_examples"] == 56 and cloze_tp1["num_target_tokens"] == n_target
     assert cloze_tp1["num_correct"] == correct and 6 <= correct < 56
     assert rel(cloze_tp1["accuracy"], correct / 56) < REL
-    assert rel(cloze_tp1["ppl"], math.exp(nll / 56)) < REL and rel(cloze_tp1["token_ppl"], math.exp(nll / n_target)) < REL
+    assert (
+        rel(cloze_tp1["ppl"], math.exp(nll / 56)) < REL and rel(cloze_tp1["token_ppl"], math.exp(nll / n_target)) < REL
+    )
 
 
 # ------------------------------------------------------------------ tensor parallel and CLI
 
+
 def test_tp2_results_equal_tp1(tiny_dir, wiki_slice, cloze_file, wiki_tp1, cloze_tp1, tmp_path):
-    for name, eval_path, extra, tp1 in (("wiki", wiki_slice, WIKI_ARGS, wiki_tp1), ("cloze", cloze_file, CLOZE_ARGS, cloze_tp1)):
+    for name, eval_path, extra, tp1 in (
+        ("wiki", wiki_slice, WIKI_ARGS, wiki_tp1),
+        ("cloze", cloze_file, CLOZE_ARGS, cloze_tp1),
+    ):
         out = tmp_path / f"{name}.json"
-        launch([RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", eval_path, *extra, "--tensor_parallel_degree", "2", "--output_file", str(out)], tmp_path / f"log_{name}")
+        launch(
+            [
+                RUN_EVAL,
+                "--model_name_or_path",
+                tiny_dir,
+                "--eval_path",
+                eval_path,
+                *extra,
+                "--tensor_parallel_degree",
+                "2",
+                "--output_file",
+                str(out),
+            ],
+            tmp_path / f"log_{name}",
+        )
         tp2 = json.loads(out.read_text())
         assert tp2["tensor_parallel_degree"] == 2 and tp2["data_parallel_degree"] == 1
         for key, value in tp1.items():
@@ -198,33 +248,79 @@ def test_cli_writes_results_and_rejects_bad_input(tiny_dir, tmp_path):
     good = tmp_path / "ok.jsonl"
     good.write_text('{"text": "one two three four"}\n', encoding="utf-8")
     out = tmp_path / "res.json"
-    proc = run_py([RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", str(good), "--cloze_eval", "--output_file", str(out)])
+    proc = run_py(
+        [
+            RUN_EVAL,
+            "--model_name_or_path",
+            tiny_dir,
+            "--eval_path",
+            str(good),
+            "--cloze_eval",
+            "--output_file",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["num_examples"] == 1 and '"accuracy"' in proc.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "one two three"}\n\n{"text": "lonely"}\n', encoding="utf-8")
-    for args, message in (([str(bad), "--cloze_eval"], f"{bad}:3: field 'text'"),
-                          ([str(tmp_path / "missing.txt")], "missing.txt:0: file not found")):
+    for args, message in (
+        ([str(bad), "--cloze_eval"], f"{bad}:3: field 'text'"),
+        ([str(tmp_path / "missing.txt")], "missing.txt:0: file not found"),
+    ):
         result = tmp_path / "never.json"
         code = run_lm.main(["--model_name_or_path", tiny_dir, "--eval_path", *args, "--output_file", str(result)])
         assert code == 2 and not result.exists()
-    proc = run_py([RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", str(bad), "--cloze_eval", "--output_file", str(tmp_path / "n.json")], check=False)
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("run_eval.py")]  # Paddle's import may warn first
-    assert proc.returncode == 2 and ours == [f"run_eval.py: error: {bad}:3: field 'text' needs at least two words (a context and a target)"]
+    proc = run_py(
+        [
+            RUN_EVAL,
+            "--model_name_or_path",
+            tiny_dir,
+            "--eval_path",
+            str(bad),
+            "--cloze_eval",
+            "--output_file",
+            str(tmp_path / "n.json"),
+        ],
+        check=False,
+    )
+    ours = [
+        line for line in proc.stderr.splitlines() if line.startswith("run_eval.py")
+    ]  # Paddle's import may warn first
+    assert proc.returncode == 2 and ours == [
+        f"run_eval.py: error: {bad}:3: field 'text' needs at least two words (a context and a target)"
+    ]
     assert "Traceback" not in proc.stderr
-    proc = run_py([RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", str(good), "--seq_length", "8", "--overlapping_eval", "9"], check=False)
+    proc = run_py(
+        [
+            RUN_EVAL,
+            "--model_name_or_path",
+            tiny_dir,
+            "--eval_path",
+            str(good),
+            "--seq_length",
+            "8",
+            "--overlapping_eval",
+            "9",
+        ],
+        check=False,
+    )
     assert proc.returncode == 2 and "--overlapping_eval 9 is larger than --seq_length 8" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "ok.jsonl", "res.json"]
 
 
 def test_data_parallel_ranks_split_the_work_and_agree(tiny_dir, cloze_file, cloze_tp1, tmp_path):
     out = tmp_path / "dp.json"
-    launch([RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", cloze_file, *CLOZE_ARGS, "--output_file", str(out)], tmp_path / "log")
+    launch(
+        [RUN_EVAL, "--model_name_or_path", tiny_dir, "--eval_path", cloze_file, *CLOZE_ARGS, "--output_file", str(out)],
+        tmp_path / "log",
+    )
     dp = json.loads(out.read_text())
     assert dp["data_parallel_degree"] == 2 and dp["tensor_parallel_degree"] == 1
     assert dp["num_correct"] == cloze_tp1["num_correct"] and rel(dp["ppl"], cloze_tp1["ppl"]) < 1e-6
 
 
 # ------------------------------------------------------------------ instruction eval and judge
+
 
 class FakeJudge:
     """A loopback OpenAI-compatible chat endpoint: scores 0.25 for class 'math', else 0.75;
@@ -244,7 +340,11 @@ class FakeJudge:
                     return
                 prompt = body["messages"][-1]["content"]
                 score = 0.25 if "Category: math" in prompt else 0.75
-                reply = {"choices": [{"message": {"role": "assistant", "content": f'Sure. {{"score": {score}, "reason": "fake"}}'}}]}
+                reply = {
+                    "choices": [
+                        {"message": {"role": "assistant", "content": f'Sure. {{"score": {score}, "reason": "fake"}}'}}
+                    ]
+                }
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -288,8 +388,12 @@ def test_judge_client_retries_and_reports_unreachable_judge():
         verdict = judge_mod.JudgeClient(fake.url, "judge-x", api_key="k", retries=1).judge("math", "1+1?", "2", "3")
     assert (verdict.score, verdict.error) == (0.25, None) and len(fake.requests) == 2
     assert fake.requests[1]["path"] == "/v1/chat/completions" and fake.requests[1]["auth"] == "Bearer k"
-    assert fake.requests[1]["body"]["model"] == "judge-x" and "1+1?" in fake.requests[1]["body"]["messages"][0]["content"]
-    closed = judge_mod.JudgeClient(fake.url, "judge-x", retries=0, timeout=2).judge("math", "q", "r", "a")  # server is shut down
+    assert (
+        fake.requests[1]["body"]["model"] == "judge-x" and "1+1?" in fake.requests[1]["body"]["messages"][0]["content"]
+    )
+    closed = judge_mod.JudgeClient(fake.url, "judge-x", retries=0, timeout=2).judge(
+        "math", "q", "r", "a"
+    )  # server is shut down
     assert closed.score is None and fake.url.split("/v1")[0] in closed.error
 
 
@@ -307,11 +411,32 @@ def test_instruction_eval_with_judge(tiny_dir, belle_slice, tmp_path):
     path, records = belle_slice
     out = tmp_path / "out"
     with FakeJudge() as fake:
-        run_py([RUN_INSTRUCT, "--model_name_or_path", tiny_dir, "--eval_file", path, "--output_dir", str(out), "--max_new_tokens", "6",
-                "--batch_size", "2", "--judge_url", fake.url, "--judge_model", "judge-x", "--judge_retries", "1"])
+        run_py(
+            [
+                RUN_INSTRUCT,
+                "--model_name_or_path",
+                tiny_dir,
+                "--eval_file",
+                path,
+                "--output_dir",
+                str(out),
+                "--max_new_tokens",
+                "6",
+                "--batch_size",
+                "2",
+                "--judge_url",
+                fake.url,
+                "--judge_model",
+                "judge-x",
+                "--judge_retries",
+                "1",
+            ]
+        )
     rows = [json.loads(line) for line in open(out / "predictions.jsonl", encoding="utf-8")]
     assert [r["question"] for r in rows] == [r["question"] for r in records]
-    assert all(r["prompt"] == f"Human: \n{r['question']}\n\nAssistant: \n" and isinstance(r["answer"], str) for r in rows)
+    assert all(
+        r["prompt"] == f"Human: \n{r['question']}\n\nAssistant: \n" and isinstance(r["answer"], str) for r in rows
+    )
     assert all(r["answer_tokens"] == len(BloomTokenizer.from_pretrained(tiny_dir).encode(r["answer"])) for r in rows)
     assert any(r["answer_tokens"] > 0 for r in rows)
     assert [r["judge_score"] for r in rows] == [0.25 if r["class"] == "math" else 0.75 for r in rows]
@@ -319,10 +444,18 @@ def test_instruction_eval_with_judge(tiny_dir, belle_slice, tmp_path):
     rubric_line = judge_mod.load_rubric().splitlines()[0]
     for request, row in zip(fake.requests[1:], rows):
         content = request["body"]["messages"][0]["content"]
-        assert rubric_line in content and row["question"] in content and row["std_answer"] in content and row["answer"] in content
+        assert (
+            rubric_line in content
+            and row["question"] in content
+            and row["std_answer"] in content
+            and row["answer"] in content
+        )
     report = json.loads((out / "report.json").read_text())
     classes, overall = report["classes"], report["overall"]
-    assert list(classes) == list(dict.fromkeys(r["class"] for r in records)) and sum(c["count"] for c in classes.values()) == 5
+    assert (
+        list(classes) == list(dict.fromkeys(r["class"] for r in records))
+        and sum(c["count"] for c in classes.values()) == 5
+    )
     assert classes["math"]["count"] == 2 and classes["math"]["mean_score"] == 0.25 and overall["count"] == 5
     assert overall["mean_score"] == pytest.approx((2 * 0.25 + 3 * 0.75) / 5) and overall["judge_errors"] == 0
     assert overall["mean_answer_chars"] == pytest.approx(sum(len(r["answer"]) for r in rows) / 5)
@@ -331,7 +464,9 @@ def test_instruction_eval_with_judge(tiny_dir, belle_slice, tmp_path):
     from paddlebloom.loading import load_model
 
     model, tok, _ = load_model(tiny_dir)
-    direct = generate_text(model, tok, [rows[0]["prompt"]], GenerationConfig(max_new_tokens=6, eos_token_id=2, pad_token_id=3))
+    direct = generate_text(
+        model, tok, [rows[0]["prompt"]], GenerationConfig(max_new_tokens=6, eos_token_id=2, pad_token_id=3)
+    )
     assert direct == [rows[0]["answer"]]
     assert report["judge"]["model"] == "judge-x" and report["generation"]["max_new_tokens"] == 6
 
@@ -341,39 +476,114 @@ def test_instruction_eval_without_judge_and_bad_input(tiny_dir, belle_slice, tmp
 
     path, records = belle_slice
     out = tmp_path / "plain"
-    assert instruct.main(["--model_name_or_path", tiny_dir, "--eval_file", path, "--output_dir", str(out), "--max_new_tokens", "4", "--max_examples", "3"]) == 0
+    assert (
+        instruct.main(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--eval_file",
+                path,
+                "--output_dir",
+                str(out),
+                "--max_new_tokens",
+                "4",
+                "--max_examples",
+                "3",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in open(out / "predictions.jsonl", encoding="utf-8")]
     assert len(rows) == 3 and all("judge_score" not in r for r in rows)
     report = json.loads((out / "report.json").read_text())
     assert report["judge"] is None and report["overall"]["count"] == 3 and "mean_score" not in report["overall"]
     # tensor parallel: every rank generates, the main rank alone writes, the answers are the same
-    launch([RUN_INSTRUCT, "--model_name_or_path", tiny_dir, "--eval_file", path, "--output_dir", str(tmp_path / "tp2"), "--max_new_tokens", "4",
-            "--max_examples", "3", "--tensor_parallel_degree", "2"], tmp_path / "log")
-    assert [json.loads(line)["answer"] for line in open(tmp_path / "tp2" / "predictions.jsonl", encoding="utf-8")] == [r["answer"] for r in rows]
+    launch(
+        [
+            RUN_INSTRUCT,
+            "--model_name_or_path",
+            tiny_dir,
+            "--eval_file",
+            path,
+            "--output_dir",
+            str(tmp_path / "tp2"),
+            "--max_new_tokens",
+            "4",
+            "--max_examples",
+            "3",
+            "--tensor_parallel_degree",
+            "2",
+        ],
+        tmp_path / "log",
+    )
+    assert [json.loads(line)["answer"] for line in open(tmp_path / "tp2" / "predictions.jsonl", encoding="utf-8")] == [
+        r["answer"] for r in rows
+    ]
     assert sorted(os.listdir(tmp_path / "tp2")) == ["predictions.jsonl", "report.json"]
     # A judge that cannot be reached: the answers are still written, each with its error, and the exit status says so.
     with FakeJudge() as gone:
         url = gone.url
     down = tmp_path / "down"
-    assert instruct.main(["--model_name_or_path", tiny_dir, "--eval_file", path, "--output_dir", str(down), "--max_new_tokens", "2", "--max_examples", "1",
-                          "--judge_url", url, "--judge_retries", "0", "--judge_timeout", "2"]) == 3
+    assert (
+        instruct.main(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--eval_file",
+                path,
+                "--output_dir",
+                str(down),
+                "--max_new_tokens",
+                "2",
+                "--max_examples",
+                "1",
+                "--judge_url",
+                url,
+                "--judge_retries",
+                "0",
+                "--judge_timeout",
+                "2",
+            ]
+        )
+        == 3
+    )
     rows = [json.loads(line) for line in open(down / "predictions.jsonl", encoding="utf-8")]
     assert len(rows) == 1 and rows[0]["judge_score"] is None and "127.0.0.1" in rows[0]["judge_error"]
     assert json.loads((down / "report.json").read_text())["overall"]["judge_errors"] == 1
     assert "the judge failed on 1 of 1 answers" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(records[0], ensure_ascii=False) + "\n" + json.dumps({"question": "q", "std_answer": "a"}) + "\n", encoding="utf-8")
-    assert instruct.main(["--model_name_or_path", tiny_dir, "--eval_file", str(bad), "--output_dir", str(tmp_path / "never")]) == 2
+    bad.write_text(
+        json.dumps(records[0], ensure_ascii=False) + "\n" + json.dumps({"question": "q", "std_answer": "a"}) + "\n",
+        encoding="utf-8",
+    )
+    assert (
+        instruct.main(
+            ["--model_name_or_path", tiny_dir, "--eval_file", str(bad), "--output_dir", str(tmp_path / "never")]
+        )
+        == 2
+    )
     assert f"run_instruct_eval.py: error: {bad}:2: field 'class' missing" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
 
 # ------------------------------------------------------------------ make targets
 
+
 def run_make_eval(makefile, target, out, wiki, cloze):
     """`make TARGET` on the slices; -o keeps make from reinstalling the venv mid-test."""
-    args = ["make", "-f", makefile, "-o", ".venv/.installed", target, f"EVAL_OUT={out}", f"WIKITEXT={wiki}", f"LAMBADA={cloze}",
-            "EVAL_SEQ_LENGTH=64", "EVAL_OVERLAP=32"]
+    args = [
+        "make",
+        "-f",
+        makefile,
+        "-o",
+        ".venv/.installed",
+        target,
+        f"EVAL_OUT={out}",
+        f"WIKITEXT={wiki}",
+        f"LAMBADA={cloze}",
+        "EVAL_SEQ_LENGTH=64",
+        "EVAL_OVERLAP=32",
+    ]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
@@ -382,11 +592,19 @@ def run_make_eval(makefile, target, out, wiki, cloze):
 def test_make_run_eval_runs_the_documented_commands(tiny_dir, wiki_slice, cloze_file, wiki_tp1, tmp_path):
     makefile = os.path.join(ROOT, "Makefile")
     text = open(makefile, encoding="utf-8").read()
-    assert re.search(r"^run_eval:", text, re.M) and re.search(r"^run_eval_tps:", text, re.M), "Makefile lacks the run_eval targets"
+    assert re.search(r"^run_eval:", text, re.M) and re.search(r"^run_eval_tps:", text, re.M), (
+        "Makefile lacks the run_eval targets"
+    )
     out = tmp_path / "eval"
     run_make_eval(makefile, "run_eval", out, wiki_slice, cloze_file)
     wiki, cloze = json.loads((out / "wikitext.json").read_text()), json.loads((out / "lambada.json").read_text())
     # make builds the same tiny checkpoint as the fixture (create_tiny's defaults, seed 0).
     assert wiki["num_scored_tokens"] == wiki_tp1["num_scored_tokens"] and rel(wiki["ppl"], wiki_tp1["ppl"]) < 1e-6
-    direct = evaluate_here(["--model_name_or_path", tiny_dir, "--eval_path", cloze_file, "--cloze_eval", "--seq_length", "64"])
-    assert cloze["num_correct"] == direct["num_correct"] and rel(cloze["ppl"], direct["ppl"]) < 1e-6 and cloze["seq_length"] == 64
+    direct = evaluate_here(
+        ["--model_name_or_path", tiny_dir, "--eval_path", cloze_file, "--cloze_eval", "--seq_length", "64"]
+    )
+    assert (
+        cloze["num_correct"] == direct["num_correct"]
+        and rel(cloze["ppl"], direct["ppl"]) < 1e-6
+        and cloze["seq_length"] == 64
+    )

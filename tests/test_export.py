@@ -2,6 +2,7 @@
 
 The reference everywhere is `reference_greedy`: the training model's own forward with a cache grown
 by concatenation, one prompt at a time — independent of the engine, its sampler and its kernel."""
+
 import json
 import os
 
@@ -43,7 +44,9 @@ def reference_greedy(model, prompt, max_new, eos, penalty=1.0):
 
 def dynamic_generate(model, prompts, max_new, eos, pad=3, **kw):
     """Dynamic generation (the engine on the eager model, all prompts in one batch), checked against each prompt alone."""
-    config = GenerationConfig(max_new_tokens=max_new, decode_strategy="greedy_search", eos_token_id=eos, pad_token_id=pad, **kw)
+    config = GenerationConfig(
+        max_new_tokens=max_new, decode_strategy="greedy_search", eos_token_id=eos, pad_token_id=pad, **kw
+    )
     batched = [list(map(int, ids)) for ids in generate_ids(model, prompts, config)]
     assert batched == [reference_greedy(model, p, max_new, eos, kw.get("repetition_penalty", 1.0)) for p in prompts]
     return batched
@@ -94,14 +97,20 @@ def greedy(max_new=NEW):
 
 def test_export_writes_a_self_contained_directory(exported):
     names = set(os.listdir(exported))
-    assert {"bloom.json", "bloom.pdiparams", "tokenizer.json", "generation_config.json", "export_info.json"} <= names, names
+    assert {"bloom.json", "bloom.pdiparams", "tokenizer.json", "generation_config.json", "export_info.json"} <= names, (
+        names
+    )
     assert not [n for n in os.listdir(os.path.dirname(exported)) if ".tmp-" in n]
     assert find_model(exported, "bloom")[0].endswith("bloom.json")  # Paddle 3 writes PIR (workarounds.find_model)
     with open(os.path.join(exported, "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == 2
     with open(os.path.join(exported, "export_info.json")) as f:
         info = json.load(f)
-    assert info["program"] == "step" and info["weights"] == "float32" and info["inputs"] == ["input_ids", "cache", "slots", "past", "lens", "picks"]
+    assert (
+        info["program"] == "step"
+        and info["weights"] == "float32"
+        and info["inputs"] == ["input_ids", "cache", "slots", "past", "lens", "picks"]
+    )
 
 
 def test_static_greedy_equals_dynamic_batch_1_and_padded_batch_4(exported, trained_tiny, prompts):
@@ -114,7 +123,11 @@ def test_static_greedy_equals_dynamic_batch_1_and_padded_batch_4(exported, train
     # Without EOS every row decodes NEW tokens: the ragged batch through every step.
     predictor.eos_token_id = -1
     long = dynamic_generate(model, prompts, NEW, -1)
-    assert all(len(row) == NEW for row in long) and len({tuple(r) for r in long}) == 4 and all(len(set(r)) > 2 for r in long), long
+    assert (
+        all(len(row) == NEW for row in long)
+        and len({tuple(r) for r in long}) == 4
+        and all(len(set(r)) > 2 for r in long)
+    ), long
     assert predictor.generate(prompts[:1], greedy()) == long[:1]
     assert predictor.generate(prompts, greedy()) == long
     # The repetition penalty's seen-token set (prompt minus padding, then each new token) as well.
@@ -148,23 +161,55 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(exported, trained_tiny, 
     assert predictor.generate(prompts, Sampling(**{**hot.__dict__, "seed": 8})) != first
     # each request has its own random stream: the answer does not depend on what else is in the batch
     assert [predictor.generate([p], hot)[0] for p in prompts] == first
-    assert predictor.generate(prompts, Sampling(decode_strategy="sampling", max_new_tokens=NEW, top_k=1, temperature=1.5, seed=7)) == predictor.generate(prompts, greedy())
+    assert predictor.generate(
+        prompts, Sampling(decode_strategy="sampling", max_new_tokens=NEW, top_k=1, temperature=1.5, seed=7)
+    ) == predictor.generate(prompts, greedy())
     # Dynamic prediction (paddlebloom.generation) draws the same tokens for the same seed.
     model, tokenizer, _ = load_model(trained_tiny)
-    config = GenerationConfig(max_new_tokens=NEW, decode_strategy="sampling", temperature=1.5, seed=7,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=NEW,
+        decode_strategy="sampling",
+        temperature=1.5,
+        seed=7,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     assert [list(map(int, t)) for t in generate_ids(model, prompts, config)] == first
 
 
 def test_deploy_reads_any_format_and_runs_without_the_model_class(exported, trained_tiny, tmp_path):
-    records = [{"instruction": "Say hi", "input": "to Bob", "output": "hi"}, {"instruction": "Count", "output": "1 2"}, {"text": "the cat sat"},
-               {"conversations": [{"from": "human", "value": "hello"}]}, {"src": "a b c", "tgt": "d"}]
+    records = [
+        {"instruction": "Say hi", "input": "to Bob", "output": "hi"},
+        {"instruction": "Count", "output": "1 2"},
+        {"text": "the cat sat"},
+        {"conversations": [{"from": "human", "value": "hello"}]},
+        {"src": "a b c", "tgt": "d"},
+    ]
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out.jsonl"
-    code = ("import sys; from paddlebloom.deploy.cli import main; rc = main(sys.argv[1:]); "
-            "assert not [m for m in sys.modules if m in ('paddlebloom.model', 'paddlebloom.loading') or m.startswith('paddlenlp')], 'model code imported'; sys.exit(rc)")
-    proc = run_py(["-c", code, "--model_dir", exported, "--data_file", str(data), "--output_file", str(out), "--batch_size", "2", "--max_new_tokens", "6", "--cpu_threads", "1"])
+    code = (
+        "import sys; from paddlebloom.deploy.cli import main; rc = main(sys.argv[1:]); "
+        "assert not [m for m in sys.modules if m in ('paddlebloom.model', 'paddlebloom.loading') or m.startswith('paddlenlp')], 'model code imported'; sys.exit(rc)"
+    )
+    proc = run_py(
+        [
+            "-c",
+            code,
+            "--model_dir",
+            exported,
+            "--data_file",
+            str(data),
+            "--output_file",
+            str(out),
+            "--batch_size",
+            "2",
+            "--max_new_tokens",
+            "6",
+            "--cpu_threads",
+            "1",
+        ]
+    )
     assert proc.stderr.count("tokens/s") == 1 and "5 prompts" in proc.stderr, proc.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [{k: v for k, v in r.items() if k != "prediction"} for r in lines] == records
@@ -178,11 +223,15 @@ def test_deploy_reads_any_format_and_runs_without_the_model_class(exported, trai
 
 def test_deploy_bad_input_and_unsupported_flags_fail_in_one_line(exported, tmp_path):
     data = tmp_path / "in.jsonl"
-    data.write_text(json.dumps({"instruction": "ok", "output": "x"}) + "\n" + json.dumps({"instruction": 5, "output": "x"}) + "\n")
+    data.write_text(
+        json.dumps({"instruction": "ok", "output": "x"}) + "\n" + json.dumps({"instruction": 5, "output": "x"}) + "\n"
+    )
     out = tmp_path / "out.jsonl"
     proc = run_py([DEPLOY, "--model_dir", exported, "--data_file", str(data), "--output_file", str(out)], check=False)
     assert proc.returncode == 2 and f"{data}:2" in proc.stderr and "instruction" in proc.stderr, proc.stderr
-    assert [line for line in proc.stderr.splitlines() if "error" in line.lower()] == [proc.stderr.strip().splitlines()[-1]] and not out.exists()
+    assert [line for line in proc.stderr.splitlines() if "error" in line.lower()] == [
+        proc.stderr.strip().splitlines()[-1]
+    ] and not out.exists()
     proc = run_py([DEPLOY, "--model_dir", exported, "--data_file", str(data), "--precision", "int8"], check=False)
     assert proc.returncode == 2 and "--quant_type weight_only_int8" in proc.stderr, proc.stderr
     proc = run_py([DEPLOY, "--model_dir", str(tmp_path), "--data_file", str(data)], check=False)
@@ -197,7 +246,9 @@ def test_export_never_replaces_a_directory_it_did_not_write(trained_tiny, tmp_pa
     (project / "notes.txt").write_text("mine", encoding="utf-8")
     export = os.path.join(ROOT, "export", "export_generation_model.py")
     proc = run_py([export, "--model_name_or_path", trained_tiny, "--output_path", str(project / "bloom")], check=False)
-    assert proc.returncode != 0 and "refusing to replace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (
+        proc.returncode != 0 and "refusing to replace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    ), proc.stderr
     assert sorted(os.listdir(project)) == ["notes.txt"]
     out = tmp_path / "inference"
     for _ in range(2):
@@ -233,7 +284,12 @@ def test_temperature_top_k_top_p_on_logits():
     assert cold[0] > plain[0] > hot[0] and cold[3] < plain[3] < hot[3]  # temperature sharpens / flattens
     np.testing.assert_allclose(hot, np.exp(logits / 2) / np.exp(logits / 2).sum(), rtol=1e-9)
     assert (sampler.sampling_probs(logits, 1.0, 2, 1.0) > 0).tolist() == [True, True, False, False]
-    assert (sampler.sampling_probs(logits, 1.0, 0, 0.6) > 0).tolist() == [True, False, False, False]  # p = [0.61, 0.22, 0.14, 0.03]
+    assert (sampler.sampling_probs(logits, 1.0, 0, 0.6) > 0).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]  # p = [0.61, 0.22, 0.14, 0.03]
     assert (sampler.sampling_probs(logits, 1.0, 0, 0.7) > 0).tolist() == [True, True, False, False]
     # top-p on a large flat vocabulary (the doubling search) keeps exactly the sorted prefix
     big = np.random.RandomState(0).normal(0, 0.1, 5000)

@@ -1,4 +1,5 @@
 """Issue 3: fine-tuning runs, follows TP=1 at TP=2, resumes exactly, and every flag is real."""
+
 import json
 import os
 import random
@@ -16,8 +17,23 @@ from paddlebloom.training.trainer import run
 from paddlebloom.weights import read_state_for_rank
 
 SCRIPT = os.path.join(ROOT, "finetune", "finetune_generation.py")
-BASE = ["--src_length", "48", "--tgt_length", "48", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--save_steps", "0", "--disable_tqdm", "--seed", "7", "--learning_rate", "1e-3"]
+BASE = [
+    "--src_length",
+    "48",
+    "--tgt_length",
+    "48",
+    "--per_device_train_batch_size",
+    "4",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "0",
+    "--disable_tqdm",
+    "--seed",
+    "7",
+    "--learning_rate",
+    "1e-3",
+]
 
 
 def flags(tiny_dir, out, *extra, data=None):
@@ -54,7 +70,11 @@ TP_MODES = {
 }
 
 
-ADAPTER_FILES = {"full": "model_state.pdparams", "lora": "lora_model_state.pdparams", "prefix": "prefix_model_state.pdparams"}
+ADAPTER_FILES = {
+    "full": "model_state.pdparams",
+    "lora": "lora_model_state.pdparams",
+    "prefix": "prefix_model_state.pdparams",
+}
 
 
 @pytest.mark.parametrize("mode", sorted(TP_MODES))
@@ -83,10 +103,14 @@ def test_tp2_follows_tp1_loss_curve(trained_tiny, tmp_path, mode):
 
 def test_prefix_matters_on_a_trained_model(trained_tiny, tmp_path):
     plain = losses(finetune(trained_tiny, tmp_path / "plain", "--max_steps", "1", "--learning_rate", "0"))[0]
-    prefixed = losses(finetune(trained_tiny, tmp_path / "prefix", "--max_steps", "1", "--learning_rate", "0", *TP_MODES["prefix"]))[0]
+    prefixed = losses(
+        finetune(trained_tiny, tmp_path / "prefix", "--max_steps", "1", "--learning_rate", "0", *TP_MODES["prefix"])
+    )[0]
     assert abs(plain - prefixed) > 1e-2
     trained = losses(finetune(trained_tiny, tmp_path / "p3", "--max_steps", "3", *TP_MODES["prefix"]))
-    recomputed = losses(finetune(trained_tiny, tmp_path / "p3r", "--max_steps", "3", *TP_MODES["prefix"], "--recompute"))
+    recomputed = losses(
+        finetune(trained_tiny, tmp_path / "p3r", "--max_steps", "3", *TP_MODES["prefix"], "--recompute")
+    )
     assert trained[0] == prefixed and trained[2] != trained[0]
     assert np.allclose(trained, recomputed, atol=1e-6)  # recompute passes the prefix's gradient through
 
@@ -121,7 +145,9 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says(trained_tiny, tmp_
     smoothed = losses(finetune(trained_tiny, tmp_path / "s", "--max_steps", "1", "--label_smoothing", str(eps)))[0]
     plain = losses(finetune(trained_tiny, tmp_path / "p", "--max_steps", "1"))[0]
     model, tok, _ = load_model(trained_tiny)
-    examples = load_examples([shared_file("instruct", "belle_single_turn_1k.jsonl")], tok, TEMPLATES["belle"], 48, 48, show_progress=False)
+    examples = load_examples(
+        [shared_file("instruct", "belle_single_turn_1k.jsonl")], tok, TEMPLATES["belle"], 48, 48, show_progress=False
+    )
     ids, mask, labels = collate([examples[i] for i in BatchPlan(len(examples), 4, 1, 1, 0, 7).micro_batches(0)[0]], 3)
     logits = model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask)).logits.numpy().astype(np.float64)
     logp = logits - logits.max(-1, keepdims=True)
@@ -136,24 +162,80 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says(trained_tiny, tmp_
 
 def test_gradient_accumulation_equals_the_big_batch(tiny_dir, tmp_path):
     big = finetune(tiny_dir, tmp_path / "big", "--max_steps", "3", "--per_device_train_batch_size", "4")
-    acc = finetune(tiny_dir, tmp_path / "acc", "--max_steps", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2")
+    acc = finetune(
+        tiny_dir,
+        tmp_path / "acc",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+    )
     assert np.allclose(losses(big), losses(acc), atol=1e-5)
     a, b = read_state_for_rank(str(tmp_path / "big")), read_state_for_rank(str(tmp_path / "acc"))
     assert max(np.abs(a[k] - b[k]).max() for k in a) < 1e-5
 
 
 def test_schedule_clipping_decay_recompute_and_seed_flags(tiny_dir, tmp_path):
-    ref = finetune(tiny_dir, tmp_path / "ref", "--max_steps", "4", "--warmup_steps", "2", "--lr_scheduler_type", "cosine", "--max_grad_norm", "0")
+    ref = finetune(
+        tiny_dir,
+        tmp_path / "ref",
+        "--max_steps",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--lr_scheduler_type",
+        "cosine",
+        "--max_grad_norm",
+        "0",
+    )
     # warmup (step + 1) / warmup, then cosine from the top: the first step already learns
     assert [round(h["lr"] / 1e-3, 6) for h in ref["train_history"]] == [0.5, 1.0, 1.0, 0.5]
     lin = finetune(tiny_dir, tmp_path / "lin", "--max_steps", "4", "--warmup_ratio", "0.25", "--max_grad_norm", "0")
     assert np.allclose([h["lr"] / 1e-3 for h in lin["train_history"]], [1.0, 1.0, 2 / 3, 1 / 3])
-    clipped = finetune(tiny_dir, tmp_path / "clip", "--max_steps", "4", "--warmup_steps", "2", "--lr_scheduler_type", "cosine", "--max_grad_norm", "0.05")
+    clipped = finetune(
+        tiny_dir,
+        tmp_path / "clip",
+        "--max_steps",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--lr_scheduler_type",
+        "cosine",
+        "--max_grad_norm",
+        "0.05",
+    )
     assert clipped["train_history"][0]["grad_norm"] > 0.05  # the norm before clipping is reported
     assert losses(clipped)[:1] == losses(ref)[:1] and losses(clipped)[2:] != losses(ref)[2:]
-    recomputed = finetune(tiny_dir, tmp_path / "rc", "--max_steps", "4", "--warmup_steps", "2", "--lr_scheduler_type", "cosine", "--max_grad_norm", "0", "--recompute")
+    recomputed = finetune(
+        tiny_dir,
+        tmp_path / "rc",
+        "--max_steps",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--lr_scheduler_type",
+        "cosine",
+        "--max_grad_norm",
+        "0",
+        "--recompute",
+    )
     assert np.allclose(losses(recomputed), losses(ref), atol=1e-5)
-    decayed = finetune(tiny_dir, tmp_path / "wd", "--max_steps", "4", "--warmup_steps", "2", "--lr_scheduler_type", "cosine", "--max_grad_norm", "0", "--weight_decay", "0.5")
+    decayed = finetune(
+        tiny_dir,
+        tmp_path / "wd",
+        "--max_steps",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--lr_scheduler_type",
+        "cosine",
+        "--max_grad_norm",
+        "0",
+        "--weight_decay",
+        "0.5",
+    )
     a, b = read_state_for_rank(str(tmp_path / "ref")), read_state_for_rank(str(tmp_path / "wd"))
     w = "bloom.h.0.mlp.dense_h_to_4h.weight"
     assert np.abs(b[w]).sum() < np.abs(a[w]).sum()
@@ -161,7 +243,9 @@ def test_schedule_clipping_decay_recompute_and_seed_flags(tiny_dir, tmp_path):
     from paddlebloom.training.optim import build_optimizer
 
     model, _, _ = load_model(tiny_dir)
-    optimizer, _, named = build_optimizer(model, parse_args(flags(tiny_dir, tmp_path / "x", "--weight_decay", "0.1")), 10)
+    optimizer, _, named = build_optimizer(
+        model, parse_args(flags(tiny_dir, tmp_path / "x", "--weight_decay", "0.1")), 10
+    )
     decayed = sorted(n for n, p in named if optimizer._apply_decay_param_fun(p.name))
     assert len(decayed) == 1 + 4 * 2 and not any("layernorm" in n or n.endswith("bias") for n in decayed)
     other_seed = finetune(tiny_dir, tmp_path / "seed", "--max_steps", "2", "--seed", "8")
@@ -171,9 +255,22 @@ def test_schedule_clipping_decay_recompute_and_seed_flags(tiny_dir, tmp_path):
 def test_lora_continue_and_merge_weights(tiny_dir, tmp_path):
     from paddlebloom.loading import load_model
 
-    lora = ["--lora", "--lora_target_modules", "qkv,dense_4h_to_h", "--r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2"]
+    lora = [
+        "--lora",
+        "--lora_target_modules",
+        "qkv,dense_4h_to_h",
+        "--r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+    ]
     first = finetune(tiny_dir, tmp_path / "l1", "--max_steps", "6", *lora, "--merge_weights")
-    assert sorted(f for f in os.listdir(tmp_path / "l1") if f.startswith("lora_")) == ["lora_config.json", "lora_model_state.pdparams"]
+    assert sorted(f for f in os.listdir(tmp_path / "l1") if f.startswith("lora_")) == [
+        "lora_config.json",
+        "lora_model_state.pdparams",
+    ]
     cont = finetune(tiny_dir, tmp_path / "l2", "--max_steps", "2", *lora, "--lora_path", str(tmp_path / "l1"))
     fresh = finetune(tiny_dir, tmp_path / "l3", "--max_steps", "2", *lora)
     assert losses(cont)[0] != losses(fresh)[0]  # starts from the trained adapter, not from zero
@@ -193,18 +290,95 @@ def test_every_flag_is_accepted_in_paddlenlp_spelling(tiny_dir, tmp_path):
     small_dev = tmp_path / "dev.jsonl"
     small_dev.write_text("".join(open(dev, encoding="utf-8").readlines()[:16]), encoding="utf-8")
     out = tmp_path / "all"
-    proc = run_py([SCRIPT, "--model_name_or_path", tiny_dir, "--data_path", shared_file("instruct", "belle_single_turn_1k.jsonl"),
-                   "--validation_file", str(small_dev), "--output_dir", str(out), "--max_input_length", "32", "--max_output_length", "32",
-                   "--num_train_epochs", "1", "--max_steps", "4", "--learning_rate", "3e-4", "--warmup_ratio", "0.1", "--weight_decay", "0.01",
-                   "--label_smoothing", "0.1", "--lr_scheduler_type", "linear", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "8",
-                   "--gradient_accumulation_steps", "2", "--max_grad_norm", "1.0", "--logging_steps", "1", "--eval_steps", "2", "--save_steps", "2",
-                   "--save_total_limit", "1", "--do_train", "True", "--do_eval", "True", "--fp16", "False", "--bf16", "False", "--fp16_opt_level", "O2",
-                   "--scale_loss", "1024", "--recompute", "True", "--tensor_parallel_degree", "1", "--seed", "3", "--lora", "True", "--r", "4",
-                   "--lora_alpha", "8", "--lora_dropout", "0.1", "--lora_target_modules", "query_key_value,dense", "--merge_weights", "False",
-                   "--prefix", "False", "--num_prefix_tokens", "8", "--prefix_projection", "False", "--disable_tqdm"])
+    proc = run_py(
+        [
+            SCRIPT,
+            "--model_name_or_path",
+            tiny_dir,
+            "--data_path",
+            shared_file("instruct", "belle_single_turn_1k.jsonl"),
+            "--validation_file",
+            str(small_dev),
+            "--output_dir",
+            str(out),
+            "--max_input_length",
+            "32",
+            "--max_output_length",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "3e-4",
+            "--warmup_ratio",
+            "0.1",
+            "--weight_decay",
+            "0.01",
+            "--label_smoothing",
+            "0.1",
+            "--lr_scheduler_type",
+            "linear",
+            "--per_device_train_batch_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_grad_norm",
+            "1.0",
+            "--logging_steps",
+            "1",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--save_total_limit",
+            "1",
+            "--do_train",
+            "True",
+            "--do_eval",
+            "True",
+            "--fp16",
+            "False",
+            "--bf16",
+            "False",
+            "--fp16_opt_level",
+            "O2",
+            "--scale_loss",
+            "1024",
+            "--recompute",
+            "True",
+            "--tensor_parallel_degree",
+            "1",
+            "--seed",
+            "3",
+            "--lora",
+            "True",
+            "--r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--lora_dropout",
+            "0.1",
+            "--lora_target_modules",
+            "query_key_value,dense",
+            "--merge_weights",
+            "False",
+            "--prefix",
+            "False",
+            "--num_prefix_tokens",
+            "8",
+            "--prefix_projection",
+            "False",
+            "--disable_tqdm",
+        ]
+    )
     metrics = json.load(open(out / "metrics.json"))
     assert len(metrics["train_history"]) == 4 and len(metrics["eval_history"]) == 2 and "final_eval" in metrics
-    assert "eval loss" in proc.stdout and [d for d in os.listdir(out) if d.startswith("checkpoint-")] == ["checkpoint-4"]
+    assert "eval loss" in proc.stdout and [d for d in os.listdir(out) if d.startswith("checkpoint-")] == [
+        "checkpoint-4"
+    ]
     assert all(h["grad_norm"] > 0 for h in metrics["train_history"])
 
 
@@ -215,13 +389,25 @@ MALFORMED = {
     "unknown format": ('{"question_text": "a"}\n', [], "bad.jsonl:1: unknown format"),
     "src_length below the template": (None, ["--src_length", "3"], "cannot hold the 'belle' template"),
     "TP degree without processes": (None, ["--tensor_parallel_degree", "3"], "needs 3 processes"),
-    "missing model dir": (None, ["--model_name_or_path", "/nonexistent/bloom"], "/nonexistent/bloom: model directory not found"),
+    "missing model dir": (
+        None,
+        ["--model_name_or_path", "/nonexistent/bloom"],
+        "/nonexistent/bloom: model directory not found",
+    ),
     "fp16 on CPU": (None, ["--fp16"], "--fp16 needs a GPU"),
     "lora and prefix": (None, ["--lora", "--prefix"], "cannot be combined"),
-    "conversation out of order": ('{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}\n', [], "two human turns"),
+    "conversation out of order": (
+        '{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}\n',
+        [],
+        "two human turns",
+    ),
     "LoRA target matching nothing": (None, ["--lora", "--lora_target_modules", "attention_xyz"], "matches no layer"),
     "negative learning rate": (None, ["--learning_rate", "-1"], "--learning_rate must be >= 0, got -1.0"),
-    "data not UTF-8": (b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n', [], "bad.jsonl:2: not UTF-8 text (byte 0xe9)"),
+    "data not UTF-8": (
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n',
+        [],
+        "bad.jsonl:2: not UTF-8 text (byte 0xe9)",
+    ),
 }
 
 
@@ -238,7 +424,9 @@ def test_malformed_input_fails_in_one_line_and_writes_nothing(tiny_dir, tmp_path
     proc = run_py([SCRIPT, *args], check=False)
     lines = [l for l in proc.stderr.splitlines() if l.strip() and "warn" not in l.lower()]
     assert proc.returncode != 0
-    assert lines and lines[-1].startswith("finetune_generation.py: error: ") and message in lines[-1], proc.stderr[-800:]
+    assert lines and lines[-1].startswith("finetune_generation.py: error: ") and message in lines[-1], proc.stderr[
+        -800:
+    ]
     assert not out.exists()
 
 
@@ -247,7 +435,9 @@ def test_wrong_tp_degree_for_the_head_count_under_the_launcher(tmp_path):
 
     odd = create_tiny(str(tmp_path / "odd"), vocab_size=600, hidden_size=48, n_head=3, n_layer=1)
     out = tmp_path / "out"
-    proc = launch([SCRIPT, *flags(odd, out, "--max_steps", "2"), "--tensor_parallel_degree", "2"], tmp_path / "log", check=False)
+    proc = launch(
+        [SCRIPT, *flags(odd, out, "--max_steps", "2"), "--tensor_parallel_degree", "2"], tmp_path / "log", check=False
+    )
     assert proc.returncode != 0 and not out.exists()
     log = open(tmp_path / "log" / "workerlog.0", errors="replace").read()
     assert "finetune_generation.py: error: --tensor_parallel_degree 2 does not divide the model's n_head=3" in log
@@ -256,9 +446,17 @@ def test_wrong_tp_degree_for_the_head_count_under_the_launcher(tmp_path):
 def test_tp2_shards_on_request_and_resume_at_tp2(trained_tiny, tmp_path):
     out = tmp_path / "sharded"
     constant = ["--lr_scheduler_type", "constant"]  # a run extended from 2 to 4 steps keeps its learning rate
-    common = [SCRIPT, *flags(trained_tiny, out, "--save_steps", "2", "--save_shards", *constant), "--tensor_parallel_degree", "2"]
+    common = [
+        SCRIPT,
+        *flags(trained_tiny, out, "--save_steps", "2", "--save_shards", *constant),
+        "--tensor_parallel_degree",
+        "2",
+    ]
     launch([*common, "--max_steps", "2"], tmp_path / "log1")
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pdparams")) == ["model_state.tp00.pdparams", "model_state.tp01.pdparams"]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pdparams")) == [
+        "model_state.tp00.pdparams",
+        "model_state.tp01.pdparams",
+    ]
     launch([*common, "--max_steps", "4"], tmp_path / "log2")  # continues from the newest checkpoint
     assert "resumed from" in open(tmp_path / "log2" / "workerlog.0", errors="replace").read()
     assert os.path.isfile(out / "checkpoint-2" / "optimizer.tp01.pdopt")
@@ -270,13 +468,30 @@ def test_tp2_shards_on_request_and_resume_at_tp2(trained_tiny, tmp_path):
 
 # ------------------------------------------------------------------ issue 13: PaddleNLP configs, generation metrics, data users bring
 
+
 def test_json_config_equals_the_same_flags_and_later_flags_win(tiny_dir, tmp_path):
     data = shared_file("instruct", "belle_single_turn_1k.jsonl")
     lora = ["--lora", "--r", "4", "--lora_dropout", "0"]
     by_flags = finetune(tiny_dir, tmp_path / "flags", "--max_steps", "3", *lora)
-    config = {"model_name_or_path": tiny_dir, "train_file": [data], "output_dir": str(tmp_path / "json"), "src_length": 48, "tgt_length": 48,
-              "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 0, "disable_tqdm": True, "seed": 7, "learning_rate": 1e-3,
-              "max_steps": 5, "lora": True, "r": 4, "lora_dropout": 0, "prefix_tuning": False, "validation_file": None}
+    config = {
+        "model_name_or_path": tiny_dir,
+        "train_file": [data],
+        "output_dir": str(tmp_path / "json"),
+        "src_length": 48,
+        "tgt_length": 48,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "save_steps": 0,
+        "disable_tqdm": True,
+        "seed": 7,
+        "learning_rate": 1e-3,
+        "max_steps": 5,
+        "lora": True,
+        "r": 4,
+        "lora_dropout": 0,
+        "prefix_tuning": False,
+        "validation_file": None,
+    }
     path = tmp_path / "lora_argument.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     run_py([SCRIPT, str(path), "--max_steps", "3"])  # a flag after the file overrides it
@@ -284,12 +499,21 @@ def test_json_config_equals_the_same_flags_and_later_flags_win(tiny_dir, tmp_pat
     a, b = (paddle.load(str(tmp_path / d / "lora_model_state.pdparams"), return_numpy=True) for d in ("flags", "json"))
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)  # the same final weights
     # under the launcher too (TP=2 follows TP=1)
-    launch([SCRIPT, str(path), "--output_dir", str(tmp_path / "tp2"), "--max_steps", "3", "--tensor_parallel_degree", "2"], tmp_path / "log")
+    launch(
+        [SCRIPT, str(path), "--output_dir", str(tmp_path / "tp2"), "--max_steps", "3", "--tensor_parallel_degree", "2"],
+        tmp_path / "log",
+    )
     assert np.allclose(losses(json.load(open(tmp_path / "tp2" / "metrics.json"))), losses(by_flags), atol=1e-4)
-    path.write_text(json.dumps({**config, "output_dir": str(tmp_path / "never"), "evaluation_strategy": "epoch"}, indent=2), encoding="utf-8")
+    path.write_text(
+        json.dumps({**config, "output_dir": str(tmp_path / "never"), "evaluation_strategy": "epoch"}, indent=2),
+        encoding="utf-8",
+    )
     line = 1 + path.read_text(encoding="utf-8").split('"evaluation_strategy"')[0].count("\n")
     proc = run_py([SCRIPT, str(path)], check=False)
-    assert proc.returncode == 2 and f"finetune_generation.py: error: {path}:{line}: unknown key 'evaluation_strategy'" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and f"finetune_generation.py: error: {path}:{line}: unknown key 'evaluation_strategy'" in proc.stderr
+    )
     assert not (tmp_path / "never").exists()
 
 
@@ -308,9 +532,25 @@ def test_do_generation_reports_paddlenlp_rouge_and_keeps_min_tgt_length(tiny_dir
     from paddlenlp.metrics import Rouge1, Rouge2, RougeL
 
     dev = tmp_path / "dev.jsonl"
-    dev.write_text("".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:6]), encoding="utf-8")
-    metrics = finetune(tiny_dir, tmp_path / "gen", "--max_steps", "1", "--do_eval", "--validation_file", str(dev), "--do_generation",
-                       "--tgt_length", "8", "--min_tgt_length", "5", "--per_device_eval_batch_size", "4")
+    dev.write_text(
+        "".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:6]), encoding="utf-8"
+    )
+    metrics = finetune(
+        tiny_dir,
+        tmp_path / "gen",
+        "--max_steps",
+        "1",
+        "--do_eval",
+        "--validation_file",
+        str(dev),
+        "--do_generation",
+        "--tgt_length",
+        "8",
+        "--min_tgt_length",
+        "5",
+        "--per_device_eval_batch_size",
+        "4",
+    )
     rows = [json.loads(line) for line in open(tmp_path / "gen" / "eval_generations.jsonl", encoding="utf-8")]
     assert len(rows) == 6 and all(5 <= r["new_tokens"] <= 8 for r in rows)
     preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
@@ -318,7 +558,10 @@ def test_do_generation_reports_paddlenlp_rouge_and_keeps_min_tgt_length(tiny_dir
     for p, r in zip(preds, refs):
         rouge_l.add_inst(p, [r])
     final = metrics["final_eval"]  # the reference implementation: paddlenlp.metrics on the same strings
-    assert abs(final["eval_rouge1"] - Rouge1().score(preds, refs)) < 1e-12 and abs(final["eval_rouge2"] - Rouge2().score(preds, refs)) < 1e-12
+    assert (
+        abs(final["eval_rouge1"] - Rouge1().score(preds, refs)) < 1e-12
+        and abs(final["eval_rouge2"] - Rouge2().score(preds, refs)) < 1e-12
+    )
     assert abs(final["eval_rougel"] - rouge_l.score()) < 1e-12 and "eval_loss" in final
     from paddlebloom.evaluation.text_overlap import overlap_scores
 
@@ -327,7 +570,10 @@ def test_do_generation_reports_paddlenlp_rouge_and_keeps_min_tgt_length(tiny_dir
     rouge_l = RougeL()
     for p, r in pairs:
         rouge_l.add_inst(p, [r])
-    assert np.allclose([ours["rouge1"], ours["rouge2"], ours["rougel"]], [Rouge1().score(*zip(*pairs)), Rouge2().score(*zip(*pairs)), rouge_l.score()])
+    assert np.allclose(
+        [ours["rouge1"], ours["rouge2"], ours["rougel"]],
+        [Rouge1().score(*zip(*pairs)), Rouge2().score(*zip(*pairs)), rouge_l.score()],
+    )
 
 
 def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_dir, tmp_path):
@@ -337,16 +583,32 @@ def test_llamafactory_demo_files_train_with_loss_on_assistant_turns_only(tiny_di
     from paddlebloom.tokenizer import BloomTokenizer
 
     tok = BloomTokenizer.from_pretrained(tiny_dir)
-    files = [os.path.join(ROOT, "tests", "data", f"{name}.slice.json") for name in ("glaive_toolcall_en_demo", "glaive_toolcall_zh_demo", "kto_en_demo", "alpaca_en_demo")]
+    files = [
+        os.path.join(ROOT, "tests", "data", f"{name}.slice.json")
+        for name in ("glaive_toolcall_en_demo", "glaive_toolcall_zh_demo", "kto_en_demo", "alpaca_en_demo")
+    ]
     for path in files:
         records = [r for _, r in iter_records(path)]
         examples = load_examples([path], tok, TEMPLATES["belle"], 4096, 4096, show_progress=False)
         assert len(examples) == len(records) >= 2
         for (ids, labels), record in zip(examples, records):
             turns = record.get("conversations") or record.get("messages") or []
-            answers = [m.get("value", m.get("content")) for m in turns if m.get("from", m.get("role")) in ("gpt", "assistant")] or [record["output"]]
+            answers = [
+                m.get("value", m.get("content")) for m in turns if m.get("from", m.get("role")) in ("gpt", "assistant")
+            ] or [record["output"]]
             assert labels[labels != -100].tolist() == [t for a in answers for t in tok.encode(a) + [tok.eos_token_id]]
-    metrics = finetune(tiny_dir, tmp_path / "demo", "--max_steps", "2", "--train_file", *files, "--src_length", "256", "--tgt_length", "256")
+    metrics = finetune(
+        tiny_dir,
+        tmp_path / "demo",
+        "--max_steps",
+        "2",
+        "--train_file",
+        *files,
+        "--src_length",
+        "256",
+        "--tgt_length",
+        "256",
+    )
     assert len(losses(metrics)) == 2 and all(np.isfinite(losses(metrics)))
 
 
@@ -358,12 +620,30 @@ def test_do_generation_answers_with_the_prefix_as_trained_so_far(trained_tiny, t
     from paddlebloom.training.generation_eval import last_answer
 
     dev = tmp_path / "dev.jsonl"
-    dev.write_text("".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:3]), encoding="utf-8")
+    dev.write_text(
+        "".join(open(shared_file("instruct", "belle_dev_1k.jsonl"), encoding="utf-8").readlines()[:3]), encoding="utf-8"
+    )
     # evaluations after steps 1 and 2: the second must not answer with the prefix of the first
-    finetune(trained_tiny, tmp_path / "p", "--max_steps", "2", "--eval_steps", "1", "--validation_file", str(dev), "--do_generation",
-             "--tgt_length", "8", "--learning_rate", "0.3", *TP_MODES["prefix"])
+    finetune(
+        trained_tiny,
+        tmp_path / "p",
+        "--max_steps",
+        "2",
+        "--eval_steps",
+        "1",
+        "--validation_file",
+        str(dev),
+        "--do_generation",
+        "--tgt_length",
+        "8",
+        "--learning_rate",
+        "0.3",
+        *TP_MODES["prefix"],
+    )
     model, tok, _ = load_model(trained_tiny, prefix_path=str(tmp_path / "p"))
     examples = load_examples([str(dev)], tok, TEMPLATES["belle"], 48, 8, show_progress=False)
     prompts = [last_answer(ids, labels, tok.eos_token_id)[0] for ids, labels in examples]
     want = [tok.decode(a) for a in generate_ids(model, prompts, GenerationConfig(max_new_tokens=8))]
-    assert [json.loads(line)["prediction"] for line in open(tmp_path / "p" / "eval_generations.jsonl", encoding="utf-8")] == want
+    assert [
+        json.loads(line)["prediction"] for line in open(tmp_path / "p" / "eval_generations.jsonl", encoding="utf-8")
+    ] == want

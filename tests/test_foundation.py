@@ -1,4 +1,5 @@
 """Issue 2: tiny checkpoints are real, load in plain PaddleNLP, and TP=2 on CPU equals one process."""
+
 import json
 import os
 
@@ -13,7 +14,12 @@ from paddlebloom.model import BloomForCausalLM
 from paddlebloom.tokenizer import BloomTokenizer
 from paddlebloom.weights import merge_shards, read_state_for_rank
 
-TEXTS = ["Alice has a red cat that lives in Paris.", "小红有一只住在北京的红色的猫。", "mixed 混合 text: 3 加 4 = 7!\n", "  spaces\tand ünïcödé ☃ 🙂"]
+TEXTS = [
+    "Alice has a red cat that lives in Paris.",
+    "小红有一只住在北京的红色的猫。",
+    "mixed 混合 text: 3 加 4 = 7!\n",
+    "  spaces\tand ünïcödé ☃ 🙂",
+]
 
 
 def load(directory):
@@ -70,11 +76,40 @@ def test_plain_paddlenlp_loads_it_and_agrees(tiny_dir):
 
 def test_cli_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "cli"
-    run_py(["-m", "paddlebloom.create_tiny", "--output_dir", str(out), "--vocab_size", "600", "--hidden_size", "32", "--n_head", "2", "--n_layer", "1", "--seed", "3"])
+    run_py(
+        [
+            "-m",
+            "paddlebloom.create_tiny",
+            "--output_dir",
+            str(out),
+            "--vocab_size",
+            "600",
+            "--hidden_size",
+            "32",
+            "--n_head",
+            "2",
+            "--n_layer",
+            "1",
+            "--seed",
+            "3",
+        ]
+    )
     config = BloomConfig.load(str(out))
     assert (config.vocab_size, config.hidden_size, config.n_head, config.n_layer) == (600, 32, 2, 1)
     assert load(str(out))(paddle.to_tensor([[5, 6, 7]])).logits.shape == [1, 3, 600]
-    bad = run_py(["-m", "paddlebloom.create_tiny", "--output_dir", str(tmp_path / "bad"), "--hidden_size", "30", "--n_head", "4"], check=False)
+    bad = run_py(
+        [
+            "-m",
+            "paddlebloom.create_tiny",
+            "--output_dir",
+            str(tmp_path / "bad"),
+            "--hidden_size",
+            "30",
+            "--n_head",
+            "4",
+        ],
+        check=False,
+    )
     assert bad.returncode != 0 and "not divisible" in bad.stderr and not (tmp_path / "bad").exists()
 
 
@@ -108,7 +143,10 @@ def test_tp2_step_then_merge_equals_single_process_step(tp_runs, tiny_dir):
 
 def test_shard_merge_round_trip_is_bit_identical(tp_runs, tiny_dir):
     shards_dir = tp_runs / "tp2" / "shards"
-    assert sorted(f for f in os.listdir(shards_dir) if f.endswith(".pdparams")) == ["model_state.tp00.pdparams", "model_state.tp01.pdparams"]
+    assert sorted(f for f in os.listdir(shards_dir) if f.endswith(".pdparams")) == [
+        "model_state.tp00.pdparams",
+        "model_state.tp01.pdparams",
+    ]
     assert BloomConfig.load(str(shards_dir)).tensor_parallel_degree == 2
     original = read_state_for_rank(tiny_dir)
     shard0 = read_state_for_rank(str(shards_dir), degree=2, rank=0)

@@ -1,5 +1,6 @@
 """paddlebloom's C++ CPU ops (paddlebloom/ops): exactness per ISA path, int8/bf16 error bounds,
 export to paddle.inference in a fresh process, thread/ISA controls, one-line build errors."""
+
 import os
 import subprocess
 import sys
@@ -13,8 +14,17 @@ paddle = pytest.importorskip("paddle")
 from paddlebloom import ops  # noqa: E402
 from paddlebloom.ops import build as ops_build  # noqa: E402
 from paddlebloom.ops.quantize import (  # noqa: E402
-    WeightOnlyLinear, bf16_bits, dequantize_int8, embedding_bf16, embedding_int8, from_bf16, linear_bf16, linear_fp32, linear_int8,
-    quantize_int8, to_bf16,
+    WeightOnlyLinear,
+    bf16_bits,
+    dequantize_int8,
+    embedding_bf16,
+    embedding_int8,
+    from_bf16,
+    linear_bf16,
+    linear_fp32,
+    linear_int8,
+    quantize_int8,
+    to_bf16,
 )
 
 CPU_FLAGS = set()
@@ -24,7 +34,12 @@ with open("/proc/cpuinfo") as _f:
             CPU_FLAGS = set(_line.split(":", 1)[1].split())
             break
 # The Linux flag each forced level needs (besides the lower levels' flags).
-ISA_FLAGS = {"scalar": [], "avx2": ["avx2", "fma"], "avx512": ["avx512f", "avx512bw", "avx512vl"], "vnni": ["avx512_vnni"]}
+ISA_FLAGS = {
+    "scalar": [],
+    "avx2": ["avx2", "fma"],
+    "avx512": ["avx512f", "avx512bw", "avx512vl"],
+    "vnni": ["avx512_vnni"],
+}
 LEVELS = list(ISA_FLAGS)
 
 
@@ -72,8 +87,12 @@ def _check_int8(m, rng, use_vnni_reference=False):
         x = rng.standard_normal((M, K)).astype(np.float32)
         q, scale = quantize_int8(rng.normal(0, 0.02, (N, K)))
         for bias in (None, rng.standard_normal(N).astype(np.float32)):
-            y = m.weight_only_linear_int8(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scale),
-                                          None if bias is None else paddle.to_tensor(bias)).numpy()
+            y = m.weight_only_linear_int8(
+                paddle.to_tensor(x),
+                paddle.to_tensor(q),
+                paddle.to_tensor(scale),
+                None if bias is None else paddle.to_tensor(bias),
+            ).numpy()
             assert y.shape == (M, N) and y.dtype == np.float32
             if use_vnni_reference:
                 ref, tol = vnni_reference(x, q, scale, bias), 1e-5 * (np.abs(x).sum(1, keepdims=True) * 0.1 + 1)
@@ -268,8 +287,9 @@ def test_saved_program_runs_under_paddle_inference_in_fresh_process(m, tmp_path)
     paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True), str(tmp_path / "net"))
     assert (tmp_path / "net.json").exists() or (tmp_path / "net.pdmodel").exists()
     np.savez(tmp_path / "io.npz", x=x, ids=ids, **{f"out{i}": o for i, o in enumerate(outs)})
-    proc = subprocess.run([sys.executable, "-c", _INFER, str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _INFER, str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "onednn False ok" in proc.stdout and "onednn True ok" in proc.stdout
 
@@ -277,8 +297,9 @@ def test_saved_program_runs_under_paddle_inference_in_fresh_process(m, tmp_path)
 def _build_cli(tmp_path, **env):
     e = _env()
     e.update(PADDLEBLOOM_OPS_BUILD_DIR=str(tmp_path / "build"), **env)
-    return subprocess.run([sys.executable, "-m", "paddlebloom.ops.build"], cwd=ROOT, env=e, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "paddlebloom.ops.build"], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_missing_compiler_is_one_line_error(tmp_path):
@@ -325,5 +346,9 @@ print(sorted(set(os.listdir(directory)) - before))
 def test_loading_the_ops_writes_nothing_in_the_build_directory(m):
     # Paddle's loader writes the ops' Python wrappers to BUILD_DIR/NAME_<thread id>.py and deletes them at exit, racing
     # with other processes that share the directory; workarounds.custom_op_module builds them in memory.
-    proc = subprocess.run([sys.executable, "-c", _LOAD_AND_LIST], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_LIST], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", (
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+    )

@@ -1,4 +1,5 @@
 """Issue 4: prediction, merging, chat and Hugging Face import."""
+
 import json
 import os
 import struct
@@ -42,7 +43,16 @@ def test_tp2_prediction_equals_tp1_and_bad_lines_are_reported(trained_tiny, tmp_
     write_jsonl(data, records)
     with open(data, "a", encoding="utf-8") as f:
         f.write("{not json\n" + json.dumps({"instruction": "last one", "output": ""}) + "\n")
-    common = ["--model_name_or_path", trained_tiny, "--data_file", str(data), "--max_new_tokens", "6", "--batch_size", "3"]
+    common = [
+        "--model_name_or_path",
+        trained_tiny,
+        "--data_file",
+        str(data),
+        "--max_new_tokens",
+        "6",
+        "--batch_size",
+        "3",
+    ]
     one = run_py([PREDICT, *common, "--output_file", str(tmp_path / "tp1.jsonl")], check=False)
     assert one.returncode == 2 and f"{data}:6: invalid JSON" in one.stderr
     assert "tokens/s" in one.stdout
@@ -55,7 +65,10 @@ def test_tp2_prediction_equals_tp1_and_bad_lines_are_reported(trained_tiny, tmp_
 
 
 def test_tp2_sampling_agrees_across_ranks_and_with_one_process(trained_tiny, tmp_path):
-    launch([os.path.join(ROOT, "tests", "workers", "tp_sampling.py"), trained_tiny, str(tmp_path / "out.json")], tmp_path / "log")
+    launch(
+        [os.path.join(ROOT, "tests", "workers", "tp_sampling.py"), trained_tiny, str(tmp_path / "out.json")],
+        tmp_path / "log",
+    )
     result = json.load(open(tmp_path / "out.json"))
     assert result["ranks_agree"]  # unseeded: one seed for all ranks, else the shards see different tokens
     model, tok, _ = load_model(trained_tiny)
@@ -71,15 +84,66 @@ def test_merge_tp2_shards_and_lora_into_one_checkpoint(trained_tiny, tmp_path):
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": p, "output": "ok"} for p in PROMPTS] * 4)
     shards = tmp_path / "shards"
-    common = ["--train_file", data, "--src_length", "32", "--tgt_length", "16", "--save_steps", "0", "--disable_tqdm", "--learning_rate", "1e-2"]
-    launch([FINETUNE, "--model_name_or_path", trained_tiny, "--output_dir", str(shards), "--max_steps", "2", "--save_shards",
-            "--tensor_parallel_degree", "2", *common], tmp_path / "log1")
+    common = [
+        "--train_file",
+        data,
+        "--src_length",
+        "32",
+        "--tgt_length",
+        "16",
+        "--save_steps",
+        "0",
+        "--disable_tqdm",
+        "--learning_rate",
+        "1e-2",
+    ]
+    launch(
+        [
+            FINETUNE,
+            "--model_name_or_path",
+            trained_tiny,
+            "--output_dir",
+            str(shards),
+            "--max_steps",
+            "2",
+            "--save_shards",
+            "--tensor_parallel_degree",
+            "2",
+            *common,
+        ],
+        tmp_path / "log1",
+    )
     assert os.path.isfile(shards / "model_state.tp01.pdparams")
     lora = tmp_path / "lora"
-    run(parse_args(["--model_name_or_path", str(shards), "--output_dir", str(lora), "--max_steps", "3", "--lora",
-                    "--lora_target_modules", "qkv,dense,dense_h_to_4h,dense_4h_to_h", *common]))
+    run(
+        parse_args(
+            [
+                "--model_name_or_path",
+                str(shards),
+                "--output_dir",
+                str(lora),
+                "--max_steps",
+                "3",
+                "--lora",
+                "--lora_target_modules",
+                "qkv,dense,dense_h_to_4h,dense_4h_to_h",
+                *common,
+            ]
+        )
+    )
     merged = tmp_path / "merged"
-    launch([PREDICT, "--model_name_or_path", str(shards), "--lora_path", str(lora), "--save_onepiece_model_path", str(merged)], tmp_path / "log2")
+    launch(
+        [
+            PREDICT,
+            "--model_name_or_path",
+            str(shards),
+            "--lora_path",
+            str(lora),
+            "--save_onepiece_model_path",
+            str(merged),
+        ],
+        tmp_path / "log2",
+    )
     assert sorted(f for f in os.listdir(merged) if f.endswith(".pdparams")) == ["model_state.pdparams"]
     ids = paddle.to_tensor([[5, 6, 7, 8, 9, 10, 11]])
     unmerged, _, _ = load_model(str(shards), lora_path=str(lora), merge_lora=False)
@@ -99,10 +163,38 @@ def test_prefix_is_saved_alongside_the_merged_checkpoint(trained_tiny, tmp_path)
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": p, "output": "ok"} for p in PROMPTS])
     prefix = tmp_path / "prefix"
-    run(parse_args(["--model_name_or_path", trained_tiny, "--train_file", data, "--output_dir", str(prefix), "--max_steps", "2",
-                    "--prefix", "--num_prefix_tokens", "3", "--save_steps", "0", "--disable_tqdm"]))
+    run(
+        parse_args(
+            [
+                "--model_name_or_path",
+                trained_tiny,
+                "--train_file",
+                data,
+                "--output_dir",
+                str(prefix),
+                "--max_steps",
+                "2",
+                "--prefix",
+                "--num_prefix_tokens",
+                "3",
+                "--save_steps",
+                "0",
+                "--disable_tqdm",
+            ]
+        )
+    )
     merged = tmp_path / "merged"
-    run_py([PREDICT, "--model_name_or_path", trained_tiny, "--prefix_path", str(prefix), "--save_onepiece_model_path", str(merged)])
+    run_py(
+        [
+            PREDICT,
+            "--model_name_or_path",
+            trained_tiny,
+            "--prefix_path",
+            str(prefix),
+            "--save_onepiece_model_path",
+            str(merged),
+        ]
+    )
     assert {"prefix_config.json", "prefix_model_state.pdparams", "model_state.pdparams"} <= set(os.listdir(merged))
     ids = paddle.to_tensor([[5, 6, 7, 8]])
     a, _, _ = load_model(trained_tiny, prefix_path=str(prefix))
@@ -114,8 +206,18 @@ def test_prefix_is_saved_alongside_the_merged_checkpoint(trained_tiny, tmp_path)
 def hf_model(tiny_dir, tmp_path_factory):
     require_hf_venv()
     base = tmp_path_factory.mktemp("hf")
-    subprocess.run([HF_PY, os.path.join(ROOT, "tests", "workers", "hf_bloom.py"), str(base / "hf"), tiny_dir, str(base / "ref.npz")],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            HF_PY,
+            os.path.join(ROOT, "tests", "workers", "hf_bloom.py"),
+            str(base / "hf"),
+            tiny_dir,
+            str(base / "ref.npz"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return base
 
 
@@ -140,7 +242,9 @@ def test_safetensors_reader_widens_bfloat16(tmp_path):
     path = tmp_path / "t.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bf16.tobytes())
     np.testing.assert_array_equal(read_safetensors(str(path))["w"], values)
-    bad = run_py(["-m", "paddlebloom.convert_hf", "--hf_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")], check=False)
+    bad = run_py(
+        ["-m", "paddlebloom.convert_hf", "--hf_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")], check=False
+    )
     assert bad.returncode == 2 and "no config.json" in bad.stderr and not (tmp_path / "o").exists()
 
 
@@ -150,8 +254,14 @@ def test_chat_in_a_pseudo_terminal_remembers_the_first_turn(trained_tiny):
     from paddlebloom.chat import build_prompt
     from paddlebloom.data.templates import TEMPLATES
 
-    child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "predict", "chat.py"), "--model_name_or_path", trained_tiny, "--max_new_tokens", "6"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, encoding="utf-8", timeout=120)
+    child = pexpect.spawn(
+        sys.executable,
+        [os.path.join(ROOT, "predict", "chat.py"), "--model_name_or_path", trained_tiny, "--max_new_tokens", "6"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        encoding="utf-8",
+        timeout=120,
+    )
     answers = []
     for question in ("Alice has a red", "The cat is"):
         child.expect("Human: ")
@@ -164,13 +274,23 @@ def test_chat_in_a_pseudo_terminal_remembers_the_first_turn(trained_tiny):
     child.expect(pexpect.EOF)
     model, tok, _ = load_model(trained_tiny)
     config = GenerationConfig(max_new_tokens=6)
-    first = tok.decode(generate_ids(model, [build_prompt(tok, TEMPLATES["belle"], [], "Alice has a red", 1024)], config)[0])
+    first = tok.decode(
+        generate_ids(model, [build_prompt(tok, TEMPLATES["belle"], [], "Alice has a red", 1024)], config)[0]
+    )
     second = build_prompt(tok, TEMPLATES["belle"], [("Alice has a red", first)], "The cat is", 1024)
     assert "Alice has a red" in tok.decode(second)  # the second prompt carries the first turn
     from paddlebloom.data.encode import encode_turns
 
-    trained_on, _ = encode_turns([("Alice has a red", first), ("The cat is", "next")], tok, TEMPLATES["belle"], 1024, 64)
+    trained_on, _ = encode_turns(
+        [("Alice has a red", first), ("The cat is", "next")], tok, TEMPLATES["belle"], 1024, 64
+    )
     assert trained_on[: len(second)].tolist() == second  # the history is tokenised as in fine-tuning
     assert answers == [first.strip(), tok.decode(generate_ids(model, [second], config)[0]).strip()]
-    short = build_prompt(tok, TEMPLATES["belle"], [("Alice has a red", first)], "The cat is", len(tok.encode(TEMPLATES["belle"].render("The cat is"))) + 1)
+    short = build_prompt(
+        tok,
+        TEMPLATES["belle"],
+        [("Alice has a red", first)],
+        "The cat is",
+        len(tok.encode(TEMPLATES["belle"].render("The cat is"))) + 1,
+    )
     assert "Alice" not in tok.decode(short)  # the oldest turn goes first when the context is full

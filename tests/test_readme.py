@@ -7,6 +7,7 @@ real targets (`make -n`; the demo and the test suite have their own tests). Comm
 GPUs, several nodes or a model hub live in ```shell blocks: their scripts must exist, but they
 are not run. Optional flags written `[--...]` are left out.
 """
+
 import json
 import os
 import re
@@ -21,7 +22,20 @@ import pytest
 from conftest import HF_PY, ROOT, SHARED_DATA
 
 FENCE = re.compile(r"^```(bash|shell)\n(.*?)^```", re.S | re.M)
-LINKED = ["finetune", "predict", "export", "deploy", "eval", "bench", "paddlebloom", "tests", "Makefile", "setup.py", "requirements.txt", ".venv"]
+LINKED = [
+    "finetune",
+    "predict",
+    "export",
+    "deploy",
+    "eval",
+    "bench",
+    "paddlebloom",
+    "tests",
+    "Makefile",
+    "setup.py",
+    "requirements.txt",
+    ".venv",
+]
 
 
 def readme_commands():
@@ -45,18 +59,48 @@ def user_files(work, tiny_dir):
     with open(work / "data.json", "w", encoding="utf-8") as f:
         json.dump([{k: t[k] for k in ("instruction", "input", "output")} for t in tasks], f, ensure_ascii=False)
     with open(work / "in.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"instruction": t["instruction"], "input": t["input"]}, ensure_ascii=False) + "\n" for t in tasks[:4])
+        f.writelines(
+            json.dumps({"instruction": t["instruction"], "input": t["input"]}, ensure_ascii=False) + "\n"
+            for t in tasks[:4]
+        )
     with open(work / "belle.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"instruction": f"{t['instruction']} {t['input']}".strip(), "output": t["output"]}, ensure_ascii=False) + "\n" for t in tasks[:24])
-    with open(work / "pairs.jsonl", "w", encoding="utf-8") as f:  # preference pairs: the right answer and another task's
-        f.writelines(json.dumps({"prompt": f"{t['instruction']}\n{t['input']}", "chosen": t["output"], "rejected": u["output"]}, ensure_ascii=False) + "\n"
-                     for t, u in zip(tasks, tasks[5:]) if t["output"] != u["output"])
+        f.writelines(
+            json.dumps(
+                {"instruction": f"{t['instruction']} {t['input']}".strip(), "output": t["output"]}, ensure_ascii=False
+            )
+            + "\n"
+            for t in tasks[:24]
+        )
+    with open(
+        work / "pairs.jsonl", "w", encoding="utf-8"
+    ) as f:  # preference pairs: the right answer and another task's
+        f.writelines(
+            json.dumps(
+                {"prompt": f"{t['instruction']}\n{t['input']}", "chosen": t["output"], "rejected": u["output"]},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for t, u in zip(tasks, tasks[5:])
+            if t["output"] != u["output"]
+        )
     (work / "zh.txt").write_text("\n".join(corpus.sentences(200, seed=4)) + "\n", encoding="utf-8")
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:  # the README's example config, as written there
-        (work / "lora_argument.json").write_text(re.search(r"^```json\n(.*?)^```", f.read(), re.S | re.M).group(1), encoding="utf-8")
+        (work / "lora_argument.json").write_text(
+            re.search(r"^```json\n(.*?)^```", f.read(), re.S | re.M).group(1), encoding="utf-8"
+        )
     # A Hugging Face-format BLOOM (safetensors, tokenizer.json) written by transformers itself.
-    subprocess.run([HF_PY, os.path.join(ROOT, "tests", "workers", "hf_bloom.py"), str(work / "bloom-560m"), tiny_dir, str(work / "hf_ref.npz")],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            HF_PY,
+            os.path.join(ROOT, "tests", "workers", "hf_bloom.py"),
+            str(work / "bloom-560m"),
+            tiny_dir,
+            str(work / "hf_ref.npz"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
 
 def scratch_clone(tmp_path):
@@ -98,7 +142,9 @@ def start_server(argv, work, env):
 def run_command(lang, argv, work, env, servers):
     if lang == "shell":  # GPU / multi-node / hub: the script it names must exist
         scripts = [a for a in argv if a.endswith(".py")]
-        assert all(os.path.exists(os.path.join(ROOT, s)) for s in scripts), f"README names a missing script: {' '.join(argv)}"
+        assert all(os.path.exists(os.path.join(ROOT, s)) for s in scripts), (
+            f"README names a missing script: {' '.join(argv)}"
+        )
         return
     if argv[0] == "make":
         proc = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
@@ -111,8 +157,12 @@ def run_command(lang, argv, work, env, servers):
         assert servers, f"README: {' '.join(argv)} comes before any server is started"
         argv = [a.replace("localhost:8080", f"127.0.0.1:{servers[-1].port}") for a in argv]
     # Interactive commands (chat) get one question and /exit on stdin.
-    proc = subprocess.run(argv, cwd=work, env=env, input="Alice has a red\n/exit\n", capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"README command failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        argv, cwd=work, env=env, input="Alice has a red\n/exit\n", capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (
+        f"README command failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
     if argv[0] == "curl":
         assert '"choices"' in proc.stdout or "data: " in proc.stdout, proc.stdout[:500]
 
@@ -139,9 +189,18 @@ def test_every_readme_command_runs(tiny_dir, tmp_path):
             server.kill()
             server.wait(timeout=30)
     # The commands did what the README says they do, not just exit 0.
-    promised = ["runs/full/model_state.pdparams", "runs/lora/lora_model_state.pdparams", "runs/prefix/prefix_model_state.pdparams",
-                "runs/merged/model_state.pdparams", "inference/bloom.json", "bloom-560m-paddle/config.json", "runs/pruned/vocab_map.json",
-                "runs/from_config/lora_model_state.pdparams", "runs/dpo_lora/lora_model_state.pdparams", "runs/dpo_lora/dpo_rewards.png"]
+    promised = [
+        "runs/full/model_state.pdparams",
+        "runs/lora/lora_model_state.pdparams",
+        "runs/prefix/prefix_model_state.pdparams",
+        "runs/merged/model_state.pdparams",
+        "inference/bloom.json",
+        "bloom-560m-paddle/config.json",
+        "runs/pruned/vocab_map.json",
+        "runs/from_config/lora_model_state.pdparams",
+        "runs/dpo_lora/lora_model_state.pdparams",
+        "runs/dpo_lora/dpo_rewards.png",
+    ]
     assert [p for p in promised if not (work / p).exists()] == []
     with open(work / "out.jsonl", encoding="utf-8") as f:
         assert [bool(json.loads(line)["prediction"]) for line in f] == [True] * 4

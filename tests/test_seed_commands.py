@@ -16,6 +16,7 @@ no hub here). Only these are substituted:
 Commands that read what an earlier one wrote run in that one's directory, as a user would; the
 independent chains run two at a time.
 """
+
 import json
 import os
 import re
@@ -31,8 +32,13 @@ from conftest import ROOT, SHARED_DATA, _env, shared_file
 
 SEED = os.path.join(os.path.dirname(SHARED_DATA), "seeds", "003_7a06112d4c794c5f.txt")
 FENCE = re.compile(r"^```(?:shell|bash)\n(.*?)^```", re.S | re.M)
-SCRIPTS = {"finetune_generation.py": "finetune", "predict_generation.py": "predict", "export_generation_model.py": "export",
-           "infer_generation.py": "deploy", "run_eval.py": "eval"}
+SCRIPTS = {
+    "finetune_generation.py": "finetune",
+    "predict_generation.py": "predict",
+    "export_generation_model.py": "export",
+    "infer_generation.py": "deploy",
+    "run_eval.py": "eval",
+}
 PROMPTS = "Alice has a red\n三加四等于多少？\n"
 
 
@@ -89,7 +95,11 @@ def on_this_machine(argv, autodist_dir):
         out += ["--max_steps", "2"]
     if out[0] == "make":
         out[1:1] = ["-o", ".venv/.installed"]  # the venv is there: do not reinstall it mid-test
-        out += ["WIKITEXT=data/wikitext-103/wiki.valid.tokens", "LAMBADA=data/lambada_test.jsonl", "MODEL=bigscience/bloom-560m"]
+        out += [
+            "WIKITEXT=data/wikitext-103/wiki.valid.tokens",
+            "LAMBADA=data/lambada_test.jsonl",
+            "MODEL=bigscience/bloom-560m",
+        ]
     return out
 
 
@@ -105,7 +115,9 @@ def example_dir(path, tiny_dir):
     belle = open(shared_file("instruct", "belle_single_turn_1k.jsonl"), encoding="utf-8").readlines()
     (path / "data" / "train.json").write_text("".join(belle[:24]), encoding="utf-8")
     (path / "data" / "dev.json").write_text("".join(belle[100:108]), encoding="utf-8")
-    wiki = open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").readlines()[:8]  # < 1024 tokens: one window of the default length
+    wiki = open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").readlines()[
+        :8
+    ]  # < 1024 tokens: one window of the default length
     (path / "data" / "wikitext-103" / "wiki.valid.tokens").write_text("".join(wiki), encoding="utf-8")
     lambada = open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8").readlines()[:16]
     (path / "data" / "lambada_test.jsonl").write_text("".join(lambada), encoding="utf-8")
@@ -114,7 +126,9 @@ def example_dir(path, tiny_dir):
 
 def run(argv, cwd, expect_ok=True, stdin=""):
     env = _env()
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the venv is active: `python` is its python
+    env["PATH"] = (
+        os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    )  # the venv is active: `python` is its python
     cmd = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
     proc = subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=900)
     log = ""
@@ -122,7 +136,9 @@ def run(argv, cwd, expect_ok=True, stdin=""):
         if os.path.exists(os.path.join(cwd, name)):
             log += open(os.path.join(cwd, name), errors="replace").read()[-3000:]
     if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{shlex.join(argv)} (in {cwd}) exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{log}")
+        raise AssertionError(
+            f"{shlex.join(argv)} (in {cwd}) exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{log}"
+        )
     return proc
 
 
@@ -157,8 +173,12 @@ def test_every_command_of_the_paddlenlp_bloom_example_runs(tiny_dir, tmp_path):
     commands = seed_commands(open(SEED, encoding="utf-8").read())
     assert len(commands) == 17, [shlex.join(c) for c in commands]
     script = lambda c: next((a for a in c if a in SCRIPTS), c[0])  # noqa: E731
-    finetune_tp, finetune_tp_20, finetune_lora, finetune_prefix = (c for c in commands if script(c) == "finetune_generation.py")
-    predict_merge, predict_save, predict_lora, predict_prefix = (c for c in commands if script(c) == "predict_generation.py")
+    finetune_tp, finetune_tp_20, finetune_lora, finetune_prefix = (
+        c for c in commands if script(c) == "finetune_generation.py"
+    )
+    predict_merge, predict_save, predict_lora, predict_prefix = (
+        c for c in commands if script(c) == "predict_generation.py"
+    )
     export_save, export_lora = (c for c in commands if script(c) == "export_generation_model.py")
     (deploy,) = (c for c in commands if script(c) == "infer_generation.py")
     evals = [c for c in commands if script(c) in ("make", "run_eval.py")]
@@ -169,7 +189,11 @@ def test_every_command_of_the_paddlenlp_bloom_example_runs(tiny_dir, tmp_path):
     def chain_tp():
         run(fix(finetune_tp), dirs["tp"])
         metrics = json.load(open(dirs["tp"] / "checkpoints" / "bloom-560m" / "metrics.json"))
-        assert metrics["tensor_parallel_degree"] == 2 and len(metrics["train_history"]) == 2 and "eval_loss" in metrics["final_eval"]
+        assert (
+            metrics["tensor_parallel_degree"] == 2
+            and len(metrics["train_history"]) == 2
+            and "eval_loss" in metrics["final_eval"]
+        )
 
     def chain_tp20():
         d = dirs["tp20"]
@@ -205,22 +229,37 @@ def test_every_command_of_the_paddlenlp_bloom_example_runs(tiny_dir, tmp_path):
         run(fix(make_eval), d)
         run(fix(make_eval_tps), d)
         made, made_tp2 = (json.load(open(d / "runs" / "eval" / f)) for f in ("wikitext.json", "wikitext_tp2.json"))
-        assert made["num_scored_tokens"] == made_tp2["num_scored_tokens"] and abs(made["ppl"] - made_tp2["ppl"]) < 1e-4 * made["ppl"]
+        assert (
+            made["num_scored_tokens"] == made_tp2["num_scored_tokens"]
+            and abs(made["ppl"] - made_tp2["ppl"]) < 1e-4 * made["ppl"]
+        )
 
     def chain_eval():
         d = dirs["eval"]
         write_autodist(tiny_dir, d / "auto_dist", 2)
         wiki = last_json(run(fix(wiki_tp1), d).stdout)
-        run(fix(wiki_tp2), d)  # the launcher runs `python run_eval.py` (the seed's stray `python` is the program it starts)
+        run(
+            fix(wiki_tp2), d
+        )  # the launcher runs `python run_eval.py` (the seed's stray `python` is the program it starts)
         tp2 = last_json(worker_output(d))
-        assert tp2["tensor_parallel_degree"] == 2 and abs(tp2["ppl"] - wiki["ppl"]) < 1e-5 * wiki["ppl"] and tp2["model"] == "bigscience/bloom-560m"
+        assert (
+            tp2["tensor_parallel_degree"] == 2
+            and abs(tp2["ppl"] - wiki["ppl"]) < 1e-5 * wiki["ppl"]
+            and tp2["model"] == "bigscience/bloom-560m"
+        )
         cloze = last_json(run(fix(cloze_tp1), d).stdout)
         run(fix(autodist_tp2), d)  # auto_dist0/1.pdparams, one per rank
         auto = last_json(worker_output(d))
-        assert auto["tensor_parallel_degree"] == 2 and auto["num_correct"] == cloze["num_correct"] and abs(auto["ppl"] - cloze["ppl"]) < 1e-5 * cloze["ppl"]
+        assert (
+            auto["tensor_parallel_degree"] == 2
+            and auto["num_correct"] == cloze["num_correct"]
+            and abs(auto["ppl"] - cloze["ppl"]) < 1e-5 * cloze["ppl"]
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(f) for f in (chain_eval, chain_tp20, chain_make, chain_lora, chain_tp, chain_prefix)]:
+        for future in [
+            pool.submit(f) for f in (chain_eval, chain_tp20, chain_make, chain_lora, chain_tp, chain_prefix)
+        ]:
             future.result()
 
 
@@ -233,8 +272,12 @@ def test_every_seed_flag_is_parsed(tmp_path):
     from paddlebloom.evaluation import run_lm
     from paddlebloom.training import arguments
 
-    parsers = {"finetune_generation.py": lambda a: arguments.build_parser().parse_args(a), "predict_generation.py": lambda a: predict.build_parser().parse_args(a),
-               "run_eval.py": run_lm.parse_args, "infer_generation.py": deploy_cli.parse_args}
+    parsers = {
+        "finetune_generation.py": lambda a: arguments.build_parser().parse_args(a),
+        "predict_generation.py": lambda a: predict.build_parser().parse_args(a),
+        "run_eval.py": run_lm.parse_args,
+        "infer_generation.py": deploy_cli.parse_args,
+    }
     parsed = 0
     for argv in seed_commands(open(SEED, encoding="utf-8").read()):
         argv = on_this_machine(argv, str(tmp_path))
@@ -249,18 +292,48 @@ def test_run_eval_paddlenlp_flags_model_type_dtype_and_autodist(tiny_dir, tmp_pa
     from paddlebloom.evaluation import run_lm
 
     cloze = tmp_path / "lambada.jsonl"
-    cloze.write_text("".join(open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8").readlines()[:24]), encoding="utf-8")
+    cloze.write_text(
+        "".join(open(shared_file("eval", "lambada_test_first1000.jsonl"), encoding="utf-8").readlines()[:24]),
+        encoding="utf-8",
+    )
     auto = write_autodist(tiny_dir, tmp_path / "auto", 2)
     flags = ["--eval_path", str(cloze), "--cloze_eval", "--batch_size", "8"]
     plain = run_lm.evaluate(run_lm.parse_args(["--model_name_or_path", tiny_dir, *flags]))
-    merged = run_lm.evaluate(run_lm.parse_args(["--model_type", "bloom", "--model_name_or_path", auto, *flags, "--load_autodist"]))
-    assert merged["num_correct"] == plain["num_correct"] and abs(merged["ppl"] - plain["ppl"]) < 1e-6 * plain["ppl"]  # two shards merged for one process
+    merged = run_lm.evaluate(
+        run_lm.parse_args(["--model_type", "bloom", "--model_name_or_path", auto, *flags, "--load_autodist"])
+    )
+    assert (
+        merged["num_correct"] == plain["num_correct"] and abs(merged["ppl"] - plain["ppl"]) < 1e-6 * plain["ppl"]
+    )  # two shards merged for one process
     run_eval = os.path.join(ROOT, "eval", "run_eval.py")
-    for extra, message in ((["--load_autodist", "--dtype", "bfloat16"], "--dtype bfloat16: this device (cpu) has no bfloat16 matmul kernel"),
-                           ([], "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams files are read with --load_autodist)"),
-                           (["--load_autodist", "--model_type", "gpt"], "argument --model_type: invalid choice: 'gpt'")):
-        proc = subprocess.run([sys.executable, run_eval, "--model_name_or_path", auto, *flags, *extra, "--output_file", str(tmp_path / "never.json")],
-                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    for extra, message in (
+        (
+            ["--load_autodist", "--dtype", "bfloat16"],
+            "--dtype bfloat16: this device (cpu) has no bfloat16 matmul kernel",
+        ),
+        (
+            [],
+            "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams files are read with --load_autodist)",
+        ),
+        (["--load_autodist", "--model_type", "gpt"], "argument --model_type: invalid choice: 'gpt'"),
+    ):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                run_eval,
+                "--model_name_or_path",
+                auto,
+                *flags,
+                *extra,
+                "--output_file",
+                str(tmp_path / "never.json"),
+            ],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-500:]
     os.remove(os.path.join(auto, "auto_dist0.pdparams"))
     with pytest.raises(FileNotFoundError, match=r"auto_dist0.pdparams is missing \(found ranks \[1\]\)"):

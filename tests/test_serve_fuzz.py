@@ -8,7 +8,7 @@ within a bound.
 
 The cases come from a seeded generator (PADDLEBLOOM_FUZZ_SEED, printed): a failure names its case
 and reproduces with the same seed."""
-import http.client
+
 import http.client
 import json
 import os
@@ -21,9 +21,20 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
+from serve_fuzz_cases import (
+    MAX_BODY,
+    MAX_NEW,
+    MAX_PROMPT,
+    TIMEOUT,
+    Answer,
+    Case,
+    address,
+    exchange,
+    generate,
+    request_bytes,
+)
 
 from conftest import start_server
-from serve_fuzz_cases import MAX_BODY, MAX_NEW, MAX_PROMPT, TIMEOUT, Answer, Case, address, exchange, generate, request_bytes
 
 SEED = int(os.environ.get("PADDLEBLOOM_FUZZ_SEED", "18"))
 RSS_GROWTH_MB = 64  # measured: 4-12 MB over a run; keeping a 20 MB body, or anything per request, is more
@@ -92,8 +103,21 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def fuzz_server(exported_tiny):
-    proc, base = start_server(exported_tiny, "--max_body_bytes", str(MAX_BODY), "--max_prompt_tokens", str(MAX_PROMPT),
-                              "--max_new_tokens", str(MAX_NEW), "--max_batch_size", "4", "--max_concurrent", "16", "--chunk_tokens", "2")
+    proc, base = start_server(
+        exported_tiny,
+        "--max_body_bytes",
+        str(MAX_BODY),
+        "--max_prompt_tokens",
+        str(MAX_PROMPT),
+        "--max_new_tokens",
+        str(MAX_NEW),
+        "--max_batch_size",
+        "4",
+        "--max_concurrent",
+        "16",
+        "--chunk_tokens",
+        "2",
+    )
     log: List[str] = []
     reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)  # a full pipe would block the server
     reader.start()
@@ -104,7 +128,9 @@ def fuzz_server(exported_tiny):
 
 
 def normal(base) -> str:
-    answer = exchange(base, [request_bytes(json.dumps({"prompt": "the cat sat", "max_tokens": MAX_NEW, "temperature": 0}).encode())])
+    answer = exchange(
+        base, [request_bytes(json.dumps({"prompt": "the cat sat", "max_tokens": MAX_NEW, "temperature": 0}).encode())]
+    )
     assert answer.status == 200, answer
     return json.loads(answer.body)["choices"][0]["text"]
 
@@ -112,7 +138,9 @@ def normal(base) -> str:
 def idle(base, within=20.0) -> dict:
     deadline = time.time() + within
     while True:
-        health = json.loads(exchange(base, [request_bytes(b"", path="/health", method="GET", length=False)], method="GET").body)
+        health = json.loads(
+            exchange(base, [request_bytes(b"", path="/health", method="GET", length=False)], method="GET").body
+        )
         if health["active"] == 0 and health["waiting"] == 0 or time.time() > deadline:
             return health
         time.sleep(0.1)
@@ -143,12 +171,14 @@ def test_fuzzed_requests_get_4xx_or_well_formed_200(fuzz_server):
 
     with ThreadPoolExecutor(4) as pool:
         for start in range(0, len(cases), 40):
-            for case, answer, problem in pool.map(run, cases[start:start + 40]):
+            for case, answer, problem in pool.map(run, cases[start : start + 40]):
                 key = answer.status if answer else case.expect
                 statuses[key] = statuses.get(key, 0) + 1
                 if problem:
                     failures.append(f"{case.name}: {problem}")
-            assert normal(base) == expected, f"seed {SEED}: a normal request got another answer after cases {start}..{start + 40}"
+            assert normal(base) == expected, (
+                f"seed {SEED}: a normal request got another answer after cases {start}..{start + 40}"
+            )
             rss.append(_rss_mb(proc.pid))
     for s in idlers:
         s.close()
@@ -162,7 +192,11 @@ def test_fuzzed_requests_get_4xx_or_well_formed_200(fuzz_server):
     assert max(rss) - rss[0] < RSS_GROWTH_MB, f"server RSS grew {rss[0]:.0f} -> {max(rss):.0f} MB"
     text = "".join(log)
     assert "serve: error" not in text and "Traceback" not in text, text[-5000:]
-    assert len(cases) >= 300 and statuses.get(200, 0) >= 30 and sum(v for k, v in statuses.items() if isinstance(k, int) and k >= 400) >= 150, statuses
+    assert (
+        len(cases) >= 300
+        and statuses.get(200, 0) >= 30
+        and sum(v for k, v in statuses.items() if isinstance(k, int) and k >= 400) >= 150
+    ), statuses
 
 
 def test_a_tiny_repetition_penalty_keeps_sampling_finite():

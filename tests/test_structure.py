@@ -18,6 +18,7 @@
    the training model stack: a fresh interpreter importing the serving and deploy entry points has
    no paddlebloom.model, paddlebloom.loading, paddlebloom.training or paddlenlp in sys.modules.
 """
+
 import ast
 import os
 import re
@@ -124,7 +125,7 @@ def find_cycle(graph):
         stack.append(module)
         for nxt in sorted(graph[module]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -143,7 +144,10 @@ def find_cycle(graph):
 
 def test_no_import_cycles():
     graph, _ = import_graph()
-    assert "paddlebloom.weights" in graph["paddlebloom.checkpoint"] and "paddlebloom.weights" in graph["paddlebloom.convert_hf"]
+    assert (
+        "paddlebloom.weights" in graph["paddlebloom.checkpoint"]
+        and "paddlebloom.weights" in graph["paddlebloom.convert_hf"]
+    )
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -154,19 +158,28 @@ def test_cycle_finder_sees_cycles_through_functions_and_packages():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     tree = ast.parse("def f():\n    from .checkpoint import x\n")
-    (node, local), = _imports(tree)
-    modules = {"paddlebloom": "paddlebloom/__init__.py", "paddlebloom.checkpoint": "paddlebloom/checkpoint.py",
-               "paddlebloom.engine": "paddlebloom/engine/__init__.py", "paddlebloom.engine.decoder": "paddlebloom/engine/decoder.py"}
+    ((node, local),) = _imports(tree)
+    modules = {
+        "paddlebloom": "paddlebloom/__init__.py",
+        "paddlebloom.checkpoint": "paddlebloom/checkpoint.py",
+        "paddlebloom.engine": "paddlebloom/engine/__init__.py",
+        "paddlebloom.engine.decoder": "paddlebloom/engine/decoder.py",
+    }
     assert local and _targets(node, "paddlebloom.convert_hf", modules) == ["paddlebloom.checkpoint"]
-    assert _with_packages("paddlebloom.engine.decoder", "paddlebloom.serving.api") == ["paddlebloom.engine", "paddlebloom.engine.decoder"]
+    assert _with_packages("paddlebloom.engine.decoder", "paddlebloom.serving.api") == [
+        "paddlebloom.engine",
+        "paddlebloom.engine.decoder",
+    ]
     assert _with_packages("paddlebloom.engine.decoder", "paddlebloom.engine.beam") == ["paddlebloom.engine.decoder"]
 
 
 def test_function_local_imports_say_why():
     _, unmarked = import_graph()
     listing = "\n".join(f"  {rel}:{line}: {text}" for rel, line, text in unmarked)
-    assert not unmarked, ("function-local imports without a `# optional: <package>` or `# lazy: <why>` comment "
-                          f"(move them to the module top, see this file's docstring):\n{listing}")
+    assert not unmarked, (
+        "function-local imports without a `# optional: <package>` or `# lazy: <why>` comment "
+        f"(move them to the module top, see this file's docstring):\n{listing}"
+    )
 
 
 def _defined_names(tree):
@@ -196,14 +209,19 @@ def reexported_imports():
             source = (_targets(node, module, modules) or [None])[0] if isinstance(node, ast.ImportFrom) else None
             if source not in modules or _is_package(source, modules):
                 continue
-            found += [(modules[module], node.lineno, source, alias.name) for alias in node.names
-                      if f"{source}.{alias.name}" not in modules and alias.name not in defined[source]]
+            found += [
+                (modules[module], node.lineno, source, alias.name)
+                for alias in node.names
+                if f"{source}.{alias.name}" not in modules and alias.name not in defined[source]
+            ]
     return found
 
 
 def test_names_are_imported_from_where_they_are_defined():
     listing = "\n".join(f"  {rel}:{line}: {name} from {source}" for rel, line, source, name in reexported_imports())
-    assert not listing, f"imported through a module that only imports them (import from the defining module):\n{listing}"
+    assert not listing, (
+        f"imported through a module that only imports them (import from the defining module):\n{listing}"
+    )
 
 
 def test_pending_files_exist():
@@ -213,10 +231,14 @@ def test_pending_files_exist():
 
 
 def test_deployment_does_not_load_the_training_stack():
-    code = ("import sys\n"
-            "import paddlebloom.serving.cli, paddlebloom.serving.server, paddlebloom.deploy.cli\n"
-            "heavy = ('paddlebloom.model', 'paddlebloom.loading', 'paddlebloom.training', 'paddlenlp')\n"
-            "print(sorted(m for m in sys.modules if m in heavy or m.startswith(tuple(h + '.' for h in heavy))))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\n"
+        "import paddlebloom.serving.cli, paddlebloom.serving.server, paddlebloom.deploy.cli\n"
+        "heavy = ('paddlebloom.model', 'paddlebloom.loading', 'paddlebloom.training', 'paddlenlp')\n"
+        "print(sorted(m for m in sys.modules if m in heavy or m.startswith(tuple(h + '.' for h in heavy))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]", f"deployment imports the training stack: {proc.stdout.strip()}"

@@ -3,6 +3,7 @@
 Resuming needs no iterator state: the examples of step k are a pure function of the seed, so a
 run restarted from checkpoint-k sees exactly what the uninterrupted run saw.
 """
+
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -21,8 +22,10 @@ Example = Tuple[np.ndarray, np.ndarray]
 
 def check_src_length(tokenizer, template: Template, src_length: int) -> None:
     if src_length < template_overhead(tokenizer, template) + 1:
-        raise DataError(f"--src_length:0: {src_length} tokens cannot hold the '{template.name}' template "
-                        f"({template_overhead(tokenizer, template)} tokens) plus a question")
+        raise DataError(
+            f"--src_length:0: {src_length} tokens cannot hold the '{template.name}' template "
+            f"({template_overhead(tokenizer, template)} tokens) plus a question"
+        )
 
 
 def iter_file_records(path: str, show_progress: bool = True):
@@ -35,8 +38,15 @@ def iter_file_records(path: str, show_progress: bool = True):
         raise DataError(f"{path}:1: no records")
 
 
-def load_examples(paths: Sequence[str], tokenizer, template: Template, src_length: int, tgt_length: int,
-                  data_format: Optional[str] = None, show_progress: bool = True) -> List[Example]:
+def load_examples(
+    paths: Sequence[str],
+    tokenizer,
+    template: Template,
+    src_length: int,
+    tgt_length: int,
+    data_format: Optional[str] = None,
+    show_progress: bool = True,
+) -> List[Example]:
     """Read and encode every record of every file (a pretokenized store is read as it is)."""
     check_src_length(tokenizer, template, src_length)
     examples: List[Example] = []
@@ -91,4 +101,3 @@ class BatchPlan:
         take = np.arange(k * self.examples_per_step, (k + 1) * self.examples_per_step) % self.n_examples
         chosen = order[take].reshape(self.accumulation, self.dp_degree, self.micro_batch)
         return [list(chosen[a, self.dp_rank]) for a in range(self.accumulation)]
-

@@ -14,6 +14,7 @@
 `build_prompt` (the chat CLI and the serving API's chat endpoint) builds its prompts from the same
 pieces, so a conversation is tokenised the same way when it is trained on and when it is continued.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,7 +36,9 @@ def turn_pieces(turns: Sequence[Turn], tokenizer, template: Template, system: Op
     return [(p, a + [eos] if answer is not None else []) for p, a, (_, answer) in zip(prompts, answers, turns)]
 
 
-def drop_oldest_turns(pieces: List[Piece], turns: Sequence[Turn], tokenizer, template: Template, system: Optional[str], budget: int) -> List[Piece]:
+def drop_oldest_turns(
+    pieces: List[Piece], turns: Sequence[Turn], tokenizer, template: Template, system: Optional[str], budget: int
+) -> List[Piece]:
     """Drop the earliest turns until the pieces fit in `budget` tokens (the last one always stays);
     the turn that becomes the first is re-encoded with the conversation's opening."""
     pieces = list(pieces)
@@ -46,10 +49,14 @@ def drop_oldest_turns(pieces: List[Piece], turns: Sequence[Turn], tokenizer, tem
     return pieces
 
 
-def encode_turns(turns: Sequence[Turn], tokenizer, template: Template, src_length: int, tgt_length: int, system: Optional[str] = None):
+def encode_turns(
+    turns: Sequence[Turn], tokenizer, template: Template, src_length: int, tgt_length: int, system: Optional[str] = None
+):
     """Return (input_ids, labels) as int32 arrays of equal length."""
     budget = src_length + tgt_length
-    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, budget)
+    pieces = drop_oldest_turns(
+        turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, budget
+    )
     if len(pieces) == 1:
         prompt, answer = pieces[0]
         if prompt:
@@ -66,13 +73,22 @@ def encode_turns(turns: Sequence[Turn], tokenizer, template: Template, src_lengt
     return ids[:-1], labels
 
 
-def build_prompt(tokenizer, template: Template, history: List[Tuple[str, str]], query: str, src_length: int, system: Optional[str] = None) -> List[int]:
+def build_prompt(
+    tokenizer,
+    template: Template,
+    history: List[Tuple[str, str]],
+    query: str,
+    src_length: int,
+    system: Optional[str] = None,
+) -> List[int]:
     """Token ids of the system prompt + history + query, dropping the oldest turns until it fits
     (the system prompt stays with the first kept turn; the query alone is cut from the left as a
     last resort). The pieces are those of `encode_turns`, so the ids are exactly those of a
     multi-turn training example up to its last answer."""
     turns = list(history) + [(query, None)]
-    pieces = drop_oldest_turns(turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, src_length)
+    pieces = drop_oldest_turns(
+        turn_pieces(turns, tokenizer, template, system), turns, tokenizer, template, system, src_length
+    )
     return [t for prompt, answer in pieces for t in prompt + answer][-src_length:]
 
 

@@ -12,6 +12,7 @@ Formats (detected per record, or forced with --data_format):
 System messages may only open a conversation (before the first user message); several are joined
 with a blank line, after the record's own `system` field. Plain text is one turn with no query.
 """
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,7 +20,9 @@ from .readers import DataError
 from .templates import DEFAULT_TEMPLATE, Template
 
 FORMATS = ("conversations", "messages", "alpaca", "belle", "src_tgt", "text")
-Turn = Tuple[Optional[str], Optional[str]]  # (query, or None for plain text; response, or None when it is to be predicted)
+Turn = Tuple[
+    Optional[str], Optional[str]
+]  # (query, or None for plain text; response, or None when it is to be predicted)
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "system": SYSTEM}
 # A message is {"from", "value"} (ShareGPT) or {"role", "content"} (OpenAI), in either list.
@@ -76,9 +79,11 @@ def _content(value, field: str, where: str) -> str:
     """A message's text: a string, or OpenAI's list of {"type": "text", "text"} parts."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
         return "".join(p["text"] for p in value)
-    raise DataError(f"{where}: field '{field}' must be a string or a list of text parts {{\"type\": \"text\", \"text\"}}")
+    raise DataError(f'{where}: field \'{field}\' must be a string or a list of text parts {{"type": "text", "text"}}')
 
 
 def _messages(record: dict, key: str, where: str, answered: bool) -> Dialogue:
@@ -89,10 +94,14 @@ def _messages(record: dict, key: str, where: str, answered: bool) -> Dialogue:
     system, turns, pending = _system_field(record, where), [], None
     for i, msg in enumerate(conv):
         field = f"{key}[{i}]"
-        role_key, text_key = next((k for k in MESSAGE_KEYS.values() if isinstance(msg, dict) and k[0] in msg), MESSAGE_KEYS[key])
+        role_key, text_key = next(
+            (k for k in MESSAGE_KEYS.values() if isinstance(msg, dict) and k[0] in msg), MESSAGE_KEYS[key]
+        )
         speaker = msg.get(role_key) if isinstance(msg, dict) else None
         if speaker not in ROLES or text_key not in msg:
-            raise DataError(f"{where}: field '{field}' needs '{role_key}' one of {'|'.join(ROLES)} and a string '{text_key}'")
+            raise DataError(
+                f"{where}: field '{field}' needs '{role_key}' one of {'|'.join(ROLES)} and a string '{text_key}'"
+            )
         text, role = _content(msg[text_key], f"{field}.{text_key}", where), ROLES[speaker]
         if role == SYSTEM:
             if turns or pending is not None:
@@ -144,7 +153,12 @@ def _src_tgt(record: dict, where: str, answered: bool) -> Dialogue:
     if tgt is None:
         tgt = []
     # Predicting may leave out the last answer: one target fewer than sources.
-    if isinstance(src, list) and isinstance(tgt, list) and src and (len(src) == len(tgt) or (not answered and len(tgt) == len(src) - 1)):
+    if (
+        isinstance(src, list)
+        and isinstance(tgt, list)
+        and src
+        and (len(src) == len(tgt) or (not answered and len(tgt) == len(src) - 1))
+    ):
         if not all(isinstance(x, str) for x in src + tgt):
             raise DataError(f"{where}: field 'src'/'tgt' lists must hold strings")
         return Dialogue(list(zip(src, tgt + [None] * (len(src) - len(tgt)))), system)
@@ -170,14 +184,22 @@ def to_dialogue(record: dict, fmt: Optional[str] = None, where: str = "record", 
     raise DataError(f"{where}: unknown --data_format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def prompt_text(template: Template, history: Sequence[Turn], query: str, system: Optional[str] = None, eos: str = "</s>") -> str:
+def prompt_text(
+    template: Template, history: Sequence[Turn], query: str, system: Optional[str] = None, eos: str = "</s>"
+) -> str:
     """Prompt text for answering `query` after the answered `history`: the conversation opening,
     every earlier turn with its answer and EOS, then the query."""
     done = "".join(template.render(q, system, first=i == 0) + a + eos for i, (q, a) in enumerate(history))
     return done + template.render(query, system, first=not history)
 
 
-def prompt_for_prediction(record: dict, template: Template = DEFAULT_TEMPLATE, fmt: Optional[str] = None, where: str = "record", eos: str = "</s>") -> str:
+def prompt_for_prediction(
+    record: dict,
+    template: Template = DEFAULT_TEMPLATE,
+    fmt: Optional[str] = None,
+    where: str = "record",
+    eos: str = "</s>",
+) -> str:
     """The prompt to generate from: the last turn's answer is what gets predicted (the record's
     own answer, when it has one, is the reference); plain text is continued."""
     if "question" in record and detect_format(record) is None:  # BELLE eval set {question, std_answer, class}

@@ -4,6 +4,7 @@ Layout of a store directory: meta.json, ids.npy and labels.npy (all examples con
 int32), offsets.npy (int64, n + 1 boundaries). Reading maps the arrays, so time to the first
 step does not grow with tokenisation work.
 """
+
 import json
 import os
 from typing import List, Sequence, Tuple
@@ -43,8 +44,10 @@ def check_compatible(directory: str, tokenizer, template_name: str, src_length: 
         raise DataError(f"{directory}:0: tokenised with another tokenizer; re-run pretokenize with this model")
     made = (meta.get("template"), meta.get("src_length"), meta.get("tgt_length"))
     if made != (template_name, src_length, tgt_length):
-        raise DataError(f"{directory}:0: made with template/src_length/tgt_length {made}, this run asks for "
-                        f"{(template_name, src_length, tgt_length)}; pass the same flags or re-run pretokenize")
+        raise DataError(
+            f"{directory}:0: made with template/src_length/tgt_length {made}, this run asks for "
+            f"{(template_name, src_length, tgt_length)}; pass the same flags or re-run pretokenize"
+        )
 
 
 def load_pretokenized(directory: str) -> List[Tuple[np.ndarray, np.ndarray]]:

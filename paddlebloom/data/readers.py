@@ -1,4 +1,5 @@
 """Read records from JSON lines, a JSON array, or plain text, with file:line in every error."""
+
 import json
 import os
 from typing import Iterator, List, Tuple
@@ -37,7 +38,9 @@ def decode_utf8(raw: bytes, path: str, first_line: int = 1) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = first_line + raw.count(b"\n", 0, e.start)
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert the file to UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert the file to UTF-8"
+        ) from None
 
 
 def iter_text_lines(path: str) -> Iterator[Tuple[int, str]]:
@@ -53,7 +56,9 @@ def iter_records(path: str) -> Iterator[Tuple[int, dict]]:
     if not os.path.isfile(path):
         raise DataError(f"{path}:0: file not found")
     with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff")  # only sniffed: lines are decoded strictly below
+        head = (
+            f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff")
+        )  # only sniffed: lines are decoded strictly below
     if not head.strip():
         raise DataError(f"{path}:1: empty file")
     if path.endswith(".txt"):

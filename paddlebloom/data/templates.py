@@ -10,10 +10,13 @@ survives when old turns are dropped to fit a context.
             so a system prompt replaces "Below is an instruction that describes a task...")
     plain   "{system}\n\n" + "{q}"                                        (PaddleNLP's example: the source as it is)
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
-ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+)
 
 
 @dataclass(frozen=True)

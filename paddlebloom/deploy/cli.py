@@ -5,6 +5,7 @@ without --data_file, each stdin line is one raw prompt. Each output line is the 
 plus "prediction". Up to --batch_size prompts decode together; when one finishes, the next
 prompt takes its place at the next step. We print the time and new tokens/s to stderr.
 """
+
 import argparse
 import json
 import sys
@@ -26,7 +27,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Generate with an exported BLOOM program (paddle.inference only).")
     p.add_argument("--model_dir", required=True)
     p.add_argument("--model_prefix", default="bloom")
-    p.add_argument("--data_file", help="records (.jsonl / JSON array / .txt) in any training format; default: prompts from stdin")
+    p.add_argument(
+        "--data_file", help="records (.jsonl / JSON array / .txt) in any training format; default: prompts from stdin"
+    )
     p.add_argument("--output_file", help="JSON lines out (default: stdout)")
     p.add_argument("--template", default="belle", help="prompt template the model was trained with")
     p.add_argument("--batch_size", type=int, default=1)
@@ -43,15 +46,25 @@ def read_prompts(args, template):
     """[(line_no, record or None, prompt)] from --data_file or stdin."""
     if not args.data_file:
         return stdin_prompts(sys.stdin)
-    return [(n, record, prompt_for_prediction(record, template, where=f"{args.data_file}:{n}")) for n, record in iter_records(args.data_file)]
+    return [
+        (n, record, prompt_for_prediction(record, template, where=f"{args.data_file}:{n}"))
+        for n, record in iter_records(args.data_file)
+    ]
 
 
 def run(args) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
     template = get_template(args.template)
-    predictor = GenerationPredictor(args.model_dir, args.model_prefix, max_batch_size=args.batch_size, device=args.device, cpu_threads=args.cpu_threads,
-                                    enable_mkldnn=args.enable_mkldnn, precision=args.precision)
+    predictor = GenerationPredictor(
+        args.model_dir,
+        args.model_prefix,
+        max_batch_size=args.batch_size,
+        device=args.device,
+        cpu_threads=args.cpu_threads,
+        enable_mkldnn=args.enable_mkldnn,
+        precision=args.precision,
+    )
     sampling = from_flags(args, predictor.generation_config)  # EOS and pad ids too: the exported config has them
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     items = read_prompts(args, template)  # every input error surfaces before any generation
@@ -63,13 +76,22 @@ def run(args) -> None:
     outputs = predictor.generate(encoded, sampling)
     seconds = time.perf_counter() - began
     new = sum(len(o) for o in outputs)
-    print(f"{len(items)} prompts, {new} new tokens, {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s (up to {args.batch_size} at once)", file=sys.stderr)
+    print(
+        f"{len(items)} prompts, {new} new tokens, {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s (up to {args.batch_size} at once)",
+        file=sys.stderr,
+    )
     lines = []
     for (n, record, prompt), ids in zip(items, outputs):
         text = tokenizer.decode(ids)
-        lines.append(json.dumps({**record, "prediction": text} if record is not None else {"prompt": prompt, "prediction": text}, ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {**record, "prediction": text} if record is not None else {"prompt": prompt, "prediction": text},
+                ensure_ascii=False,
+            )
+        )
     body = "".join(line + "\n" for line in lines)
     if args.output_file:
+
         def write(tmp):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(body)

@@ -1,4 +1,5 @@
 """finetune/dpo.py's flags: the fine-tuning flags (same names, same meaning) plus DPO's own."""
+
 from ..training.arguments import build_parser, parse_args
 from ..training.trainer import run
 from .data import PREFERENCE_FORMATS
@@ -10,7 +11,12 @@ def build_dpo_parser():
     p = build_parser("Preference-tune BLOOM with DPO or IPO: full, tensor-parallel or LoRA.", PREFERENCE_FORMATS)
     g = p.add_argument_group("preference tuning (--label_smoothing is conservative DPO's label-noise rate here)")
     g.add_argument("--beta", type=float, default=0.1, help="strength of the tie to the reference model (IPO: its tau)")
-    g.add_argument("--loss_type", default="sigmoid", choices=LOSS_TYPES, help="sigmoid: DPO (cDPO with --label_smoothing); ipo: IPO")
+    g.add_argument(
+        "--loss_type",
+        default="sigmoid",
+        choices=LOSS_TYPES,
+        help="sigmoid: DPO (cDPO with --label_smoothing); ipo: IPO",
+    )
     return p
 
 
@@ -20,7 +26,9 @@ def parse_dpo_args(argv=None):
     if args.prefix:
         problems.append("--prefix is not supported by DPO: tune all weights or --lora")
     if getattr(args, "do_generation", False):
-        problems.append("--do_generation scores fine-tuning answers by ROUGE; DPO evaluations report preference accuracy")
+        problems.append(
+            "--do_generation scores fine-tuning answers by ROUGE; DPO evaluations report preference accuracy"
+        )
     if args.beta <= 0:
         problems.append("--beta must be positive")
     if not 0.0 <= args.label_smoothing < 0.5:

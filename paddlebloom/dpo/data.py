@@ -16,6 +16,7 @@ reader (data.formats.to_dialogue) and rendered by the same template, so a prefer
 tokenised exactly as the fine-tuning example with that answer would be. Only the final answer is
 scored; the earlier answers are context.
 """
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -64,12 +65,16 @@ def _answer(record: dict, field: str, where: str) -> str:
         if isinstance(value, dict) and role_key in value:
             if ROLES.get(value[role_key]) == ASSISTANT and isinstance(value.get(text_key), str):
                 return value[text_key]
-    raise DataError(f"{where}: field '{field}' must be a string or one assistant message ({{\"role\": \"assistant\", \"content\"}} or {{\"from\": \"gpt\", \"value\"}})")
+    raise DataError(
+        f'{where}: field \'{field}\' must be a string or one assistant message ({{"role": "assistant", "content"}} or {{"from": "gpt", "value"}})'
+    )
 
 
 def _asking(dialogue: Dialogue, field: str, where: str) -> Dialogue:
     if dialogue.turns[-1][1] is not None:
-        raise DataError(f"{where}: field '{field}' must end with a user turn: the answers compared are 'chosen' and 'rejected'")
+        raise DataError(
+            f"{where}: field '{field}' must end with a user turn: the answers compared are 'chosen' and 'rejected'"
+        )
     return dialogue
 
 
@@ -80,14 +85,23 @@ def _paddlenlp(record: dict, where: str) -> Tuple[Dialogue, str, str]:
         raise DataError(f"{where}: missing field 'src'")
     src, tgt = as_list(src), as_list(tgt)
     if not (isinstance(src, list) and isinstance(tgt, list) and src and len(tgt) == len(src) - 1):
-        raise DataError(f"{where}: field 'tgt' must hold the earlier answers: one fewer than 'src' (the last answer is in 'response')")
+        raise DataError(
+            f"{where}: field 'tgt' must hold the earlier answers: one fewer than 'src' (the last answer is in 'response')"
+        )
     dialogue = to_dialogue({"src": src, "tgt": tgt, "system": record.get("system")}, "src_tgt", where, answered=False)
     response, order = record.get("response"), record.get("sort")
     if not (isinstance(response, list) and len(response) == 2 and all(isinstance(r, str) for r in response)):
-        raise DataError(f"{where}: field 'response' must be a list of two answers [chosen, rejected] (or ordered by 'sort')")
+        raise DataError(
+            f"{where}: field 'response' must be a list of two answers [chosen, rejected] (or ordered by 'sort')"
+        )
     if order is None:
         return dialogue, response[0], response[1]
-    if not (isinstance(order, list) and len(order) == 2 and all(isinstance(s, (int, float)) for s in order) and order[0] != order[1]):
+    if not (
+        isinstance(order, list)
+        and len(order) == 2
+        and all(isinstance(s, (int, float)) for s in order)
+        and order[0] != order[1]
+    ):
         raise DataError(f"{where}: field 'sort' must be two different numbers, one per response (the larger is chosen)")
     best = 0 if order[0] > order[1] else 1
     return dialogue, response[best], response[1 - best]
@@ -102,11 +116,24 @@ def to_preference(record: dict, fmt: Optional[str] = None, where: str = "record"
     if fmt == "trl":
         prompt = record.get("prompt")
         if isinstance(prompt, list):  # conversational: the fine-tuning reader's messages
-            dialogue = _asking(to_dialogue({"messages": prompt, "system": record.get("system")}, "messages", f"{where}: field 'prompt'", answered=False), "prompt", where)
+            dialogue = _asking(
+                to_dialogue(
+                    {"messages": prompt, "system": record.get("system")},
+                    "messages",
+                    f"{where}: field 'prompt'",
+                    answered=False,
+                ),
+                "prompt",
+                where,
+            )
         elif isinstance(prompt, str):
             dialogue = to_dialogue({"src": prompt, "system": record.get("system")}, "src_tgt", where, answered=False)
         else:
-            raise DataError(f"{where}: field 'prompt' must be a string or a list of messages" if "prompt" in record else f"{where}: missing field 'prompt'")
+            raise DataError(
+                f"{where}: field 'prompt' must be a string or a list of messages"
+                if "prompt" in record
+                else f"{where}: missing field 'prompt'"
+            )
     elif fmt == "alpaca":
         fields = {k: v for k, v in record.items() if k not in ("output", "chosen", "rejected")}
         dialogue = to_dialogue(fields, "alpaca" if "input" in fields else "belle", where, answered=False)
@@ -116,7 +143,11 @@ def to_preference(record: dict, fmt: Optional[str] = None, where: str = "record"
         dialogue = _asking(to_dialogue(fields, key, where, answered=False), key, where)
     else:
         known = f"expected one of {', '.join(PREFERENCE_FORMATS)}"
-        raise DataError(f"{where}: unknown preference format (fields {sorted(record)}); {known}" if fmt is None else f"{where}: unknown --data_format {fmt!r}; {known}")
+        raise DataError(
+            f"{where}: unknown preference format (fields {sorted(record)}); {known}"
+            if fmt is None
+            else f"{where}: unknown --data_format {fmt!r}; {known}"
+        )
     return Preference(dialogue, _answer(record, "chosen", where), _answer(record, "rejected", where))
 
 
@@ -129,7 +160,9 @@ def _final_answer_only(ids: np.ndarray, labels: np.ndarray):
     return ids, labels, prompt_len
 
 
-def encode_preference(pref: Preference, tokenizer, template: Template, src_length: int, tgt_length: int, where: str = "record") -> Pair:
+def encode_preference(
+    pref: Preference, tokenizer, template: Template, src_length: int, tgt_length: int, where: str = "record"
+) -> Pair:
     """Both answers after the same prompt tokens, each truncated as in fine-tuning.
 
     Fine-tuning drops the oldest turns until a conversation fits, which depends on the answer's
@@ -138,8 +171,19 @@ def encode_preference(pref: Preference, tokenizer, template: Template, src_lengt
     """
     history, (query, _) = pref.dialogue.turns[:-1], pref.dialogue.turns[-1]
     for start in range(len(history) + 1):
-        encoded = [_final_answer_only(*encode_turns(history[start:] + [(query, answer)], tokenizer, template, src_length, tgt_length, pref.dialogue.system))
-                   for answer in (pref.chosen, pref.rejected)]
+        encoded = [
+            _final_answer_only(
+                *encode_turns(
+                    history[start:] + [(query, answer)],
+                    tokenizer,
+                    template,
+                    src_length,
+                    tgt_length,
+                    pref.dialogue.system,
+                )
+            )
+            for answer in (pref.chosen, pref.rejected)
+        ]
         (c_ids, c_labels, c_prompt), (r_ids, r_labels, r_prompt) = encoded
         if c_prompt == r_prompt and np.array_equal(c_ids[:c_prompt], r_ids[:r_prompt]):
             break
@@ -148,12 +192,22 @@ def encode_preference(pref: Preference, tokenizer, template: Template, src_lengt
     return c_ids, c_labels, r_ids, r_labels
 
 
-def load_preferences(paths: Sequence[str], tokenizer, template: Template, src_length: int, tgt_length: int,
-                     data_format: Optional[str] = None, show_progress: bool = True) -> List[Pair]:
+def load_preferences(
+    paths: Sequence[str],
+    tokenizer,
+    template: Template,
+    src_length: int,
+    tgt_length: int,
+    data_format: Optional[str] = None,
+    show_progress: bool = True,
+) -> List[Pair]:
     """Read and encode every preference record of every file."""
     check_src_length(tokenizer, template, src_length)
-    return [encode_preference(to_preference(record, data_format, where), tokenizer, template, src_length, tgt_length, where)
-            for path in paths for where, record in iter_file_records(path, show_progress)]
+    return [
+        encode_preference(to_preference(record, data_format, where), tokenizer, template, src_length, tgt_length, where)
+        for path in paths
+        for where, record in iter_file_records(path, show_progress)
+    ]
 
 
 def collate_pairs(pairs: Sequence[Pair], pad_token_id: int):

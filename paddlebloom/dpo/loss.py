@@ -9,6 +9,7 @@ reference pi_ref give
                                         over each answer's tokens (as TRL does for IPO)
     implicit rewards:                   beta (log pi(y|x) - log pi_ref(y|x)), no gradient
 """
+
 import paddle
 import paddle.nn.functional as F
 
@@ -33,7 +34,9 @@ def sequence_logps(model, input_ids, attention_mask, labels, average: bool = Fal
     return logps
 
 
-def preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0):
+def preference_loss(
+    chosen, rejected, ref_chosen, ref_rejected, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0
+):
     """Per-pair losses and the implicit rewards of the chosen and rejected answers."""
     h = (chosen - rejected) - (ref_chosen - ref_rejected)
     if loss_type == "sigmoid":

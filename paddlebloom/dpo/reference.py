@@ -5,6 +5,7 @@
   the base model: no second copy.
 Both score in eval mode (no dropout), so a pair's reference log-probabilities never change.
 """
+
 import paddle
 
 from ..adapter import adapter_of

@@ -1,4 +1,5 @@
 """The step-wise decode engine: one decoder for predict, chat, deploy and serving (see decoder.py)."""
+
 from .decoder import Sequence, StepEngine
 from .settings import GenerationConfig
 

@@ -3,6 +3,7 @@
 Both take NumPy in and give NumPy logits out ([rows, picks, vocab]), and share the engine's KV cache memory with the
 model (no copies), so `StepEngine` does not know which one it drives.
 """
+
 import json
 import os
 
@@ -15,7 +16,11 @@ def step_inputs(n_layer: int, local_heads: int, head_dim: int):
     per call. The exporter declares them, InferenceBackend feeds them, StepModel.forward takes them."""
     return [
         ("input_ids", [None, None], "int64"),
-        ("cache", [n_layer, 2, None, local_heads, None, head_dim], "float32"),  # the engine's KVCache, shared not copied
+        (
+            "cache",
+            [n_layer, 2, None, local_heads, None, head_dim],
+            "float32",
+        ),  # the engine's KVCache, shared not copied
         ("slots", [None], "int64"),
         ("past", [None], "int64"),
         ("lens", [None], "int64"),
@@ -37,7 +42,9 @@ class EagerBackend:
 
     def forward(self, ids, cache, slots, past, lens, picks) -> np.ndarray:
         with paddle.no_grad():
-            logits = self.model(paddle.to_tensor(ids), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens, picks)))
+            logits = self.model(
+                paddle.to_tensor(ids), cache.tensor, *(paddle.to_tensor(a) for a in (slots, past, lens, picks))
+            )
         return logits.numpy()
 
 
@@ -54,7 +61,9 @@ class InferenceBackend:
     def forward(self, *inputs) -> np.ndarray:
         for name, value in zip(STEP_INPUTS, inputs, strict=True):
             if name == "cache":
-                self._handles[name].share_external_data(value.tensor)  # zero-copy: the program writes the new keys/values into it
+                self._handles[name].share_external_data(
+                    value.tensor
+                )  # zero-copy: the program writes the new keys/values into it
             else:
                 self._handles[name].copy_from_cpu(value)
         self.predictor.run()

@@ -9,6 +9,7 @@ sum_logprobs / new_tokens ** L (EOS counted); the best N candidates that did not
 The search ends when N hypotheses are finished and the best running beam, at its current length,
 cannot beat the worst of them, or at max_new_tokens. The best hypothesis wins (EOS removed).
 """
+
 from dataclasses import replace
 from typing import List, Tuple
 

@@ -8,10 +8,12 @@ slot from its first prefill to its release. `generate` is the plain batch loop o
 (continuous: a finished row's slot goes to the next waiting prompt at the next step); the server
 drives `prefill`/`decode` itself.
 """
+
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence as Seq, Set, Tuple
+from typing import Callable, List, Optional, Set, Tuple
+from typing import Sequence as Seq
 
 import numpy as np
 
@@ -41,7 +43,9 @@ class Sequence:
     counts: Counter = field(default_factory=Counter)  # new tokens only (presence and frequency penalties, as OpenAI)
     rng: Optional[sampler.RowGenerator] = None
     finish_reason: Optional[str] = None  # "stop" (EOS), "length", "cancelled"
-    logprobs: List[TokenLogprob] = field(default_factory=list)  # per new token (and a final EOS), when config.logprobs is set
+    logprobs: List[TokenLogprob] = field(
+        default_factory=list
+    )  # per new token (and a final EOS), when config.logprobs is set
     prompt_logprobs: List[Optional[TokenLogprob]] = field(default_factory=list)  # per prompt token (the first: None)
 
     @property
@@ -66,9 +70,13 @@ class StepEngine:
             raise ValueError("an empty prompt cannot be continued")
         need = self.needed_length(len(prompt), max(config.max_new_tokens, 1))
         if need > self.cache.max_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} needs {need} cache positions; this engine has {self.cache.max_len}")
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} needs {need} cache positions; this engine has {self.cache.max_len}"
+            )
         seq = Sequence(list(prompt), config, seen=set(prompt))
-        seq.rng = sampler.RowGenerator(seed if seed is not None else (config.seed if config.seed is not None else random.randrange(2**31)))
+        seq.rng = sampler.RowGenerator(
+            seed if seed is not None else (config.seed if config.seed is not None else random.randrange(2**31))
+        )
         seq.slot = self.cache.allocate(self.prefix_kv)
         seq.filled = self.n_prefix
         return seq
@@ -101,9 +109,15 @@ class StepEngine:
         config asks for prompt_logprobs are scored on the way (every position's logits come back)."""
         logits = {}
         for scoring in (False, True):
-            pending = [s for s in seqs if s.prompt_done < len(s.prompt) and (s.config.prompt_logprobs is not None) == scoring]
+            pending = [
+                s for s in seqs if s.prompt_done < len(s.prompt) and (s.config.prompt_logprobs is not None) == scoring
+            ]
             while pending:
-                size = max(1, min(PREFILL_CHUNK, SCORE_LOGITS // (self.backend.vocab_size * len(pending)))) if scoring else PREFILL_CHUNK
+                size = (
+                    max(1, min(PREFILL_CHUNK, SCORE_LOGITS // (self.backend.vocab_size * len(pending))))
+                    if scoring
+                    else PREFILL_CHUNK
+                )
                 chunks = [s.prompt[s.prompt_done : s.prompt_done + size] for s in pending]
                 out = self.run(pending, chunks, every_position=scoring)
                 for r, (seq, chunk) in enumerate(zip(pending, chunks)):
@@ -124,7 +138,9 @@ class StepEngine:
         for j, row in enumerate(rows):
             position = seq.prompt_done + j + 1
             if position < len(seq.prompt):
-                seq.prompt_logprobs.append(sampler.token_logprob(sampler.log_softmax(row), seq.prompt[position], seq.config.prompt_logprobs))
+                seq.prompt_logprobs.append(
+                    sampler.token_logprob(sampler.log_softmax(row), seq.prompt[position], seq.config.prompt_logprobs)
+                )
 
     def prefill(self, seqs: List[Sequence]) -> List[Optional[int]]:
         """Prefill and choose each sequence's first token (None where it is EOS, or where only the
@@ -174,8 +190,13 @@ class StepEngine:
         return token
 
     # ---- the batch loop
-    def generate(self, prompts: Seq[Seq[int]], config: GenerationConfig, seeds: Optional[Seq[int]] = None,
-                 stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None) -> List[List[int]]:
+    def generate(
+        self,
+        prompts: Seq[Seq[int]],
+        config: GenerationConfig,
+        seeds: Optional[Seq[int]] = None,
+        stream_callback: Optional[Callable[[List[Optional[int]]], None]] = None,
+    ) -> List[List[int]]:
         """New tokens of each prompt (EOS excluded). Up to `slots` prompts run at once; a finished
         one's slot is refilled at the next step. stream_callback gets each step's token per prompt
         (None where a prompt produced nothing in that step)."""
@@ -185,7 +206,9 @@ class StepEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be continued")
         longest = max((len(p) for p in prompts), default=0)
-        self.cache.ensure(min(self.cache.slots, max(1, len(prompts))), self.needed_length(longest, config.max_new_tokens))
+        self.cache.ensure(
+            min(self.cache.slots, max(1, len(prompts))), self.needed_length(longest, config.max_new_tokens)
+        )
         waiting = list(range(len(prompts)))[::-1]
         running: List[int] = []
         seqs: List[Optional[Sequence]] = [None] * len(prompts)

@@ -6,6 +6,7 @@ through DLPack (zero-copy) so the eager model and `paddle.inference` (`share_ext
 write into the same bytes that beam search reorders and a prefix adapter is copied into.
 A slot is a request's for its whole life; the engine tracks how many positions are filled.
 """
+
 from typing import List, Optional
 
 import numpy as np

@@ -12,6 +12,7 @@ sampling applies temperature, then top-k, then top-p (the smallest set of most l
 whose mass reaches top_p), and draws by inverse CDF over the vocabulary order with one uniform
 number from a Park-Miller generator (int64 multiply and modulo: the same draws on every machine).
 """
+
 from typing import Iterable, List, Mapping, Tuple
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Generation settings: one type for predict, chat, export defaults, deploy and serving, and the
 decoding flags of every command line that generates (their values become a GenerationConfig)."""
+
 from dataclasses import dataclass, fields
 from typing import Mapping, Optional, Sequence
 
@@ -18,30 +19,52 @@ class GenerationConfig:
     presence_penalty: float = 0.0  # OpenAI's: logit -= presence * [token already generated]
     frequency_penalty: float = 0.0  # OpenAI's: logit -= frequency * (times token already generated)
     num_beams: int = 1
-    length_penalty: float = 1.0  # beam search: a hypothesis scores sum(log p) / new_tokens ** length_penalty (HF's rule)
+    length_penalty: float = (
+        1.0  # beam search: a hypothesis scores sum(log p) / new_tokens ** length_penalty (HF's rule)
+    )
     eos_token_id: int = 2
     pad_token_id: int = 3
     seed: Optional[int] = None  # sampling without a seed draws one
     logprobs: Optional[int] = None  # record each new token's log-probability and this many top alternatives
-    prompt_logprobs: Optional[int] = None  # score the prompt too (its tokens' log-probabilities, this many alternatives)
+    prompt_logprobs: Optional[int] = (
+        None  # score the prompt too (its tokens' log-probabilities, this many alternatives)
+    )
 
     def validate(self) -> None:
         if self.decode_strategy not in STRATEGIES:
             raise ValueError(f"--decode_strategy {self.decode_strategy}: choose from {', '.join(STRATEGIES)}")
         checks = (
             # 0 new tokens only makes sense when the prompt itself is scored (OpenAI's echo with max_tokens 0)
-            (self.max_new_tokens >= (0 if self.prompt_logprobs is not None else 1), f"--max_new_tokens {self.max_new_tokens}: must be >= 1"),
+            (
+                self.max_new_tokens >= (0 if self.prompt_logprobs is not None else 1),
+                f"--max_new_tokens {self.max_new_tokens}: must be >= 1",
+            ),
             (self.top_k >= 0, f"--top_k {self.top_k}: must be >= 0 (0 = no top-k)"),
             (0.0 < self.top_p <= 1.0, f"--top_p {self.top_p}: must be in (0, 1]"),
-            (self.temperature > 0.0, f"--temperature {self.temperature}: must be > 0 (use --decode_strategy greedy_search for argmax)"),
+            (
+                self.temperature > 0.0,
+                f"--temperature {self.temperature}: must be > 0 (use --decode_strategy greedy_search for argmax)",
+            ),
             (self.repetition_penalty > 0.0, f"--repetition_penalty {self.repetition_penalty}: must be > 0"),
             (-2.0 <= self.presence_penalty <= 2.0, f"--presence_penalty {self.presence_penalty}: must be in [-2, 2]"),
-            (-2.0 <= self.frequency_penalty <= 2.0, f"--frequency_penalty {self.frequency_penalty}: must be in [-2, 2]"),
+            (
+                -2.0 <= self.frequency_penalty <= 2.0,
+                f"--frequency_penalty {self.frequency_penalty}: must be in [-2, 2]",
+            ),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs {self.logprobs}: must be in [0, 20]"),
-            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, f"prompt_logprobs {self.prompt_logprobs}: must be in [0, 20]"),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                f"prompt_logprobs {self.prompt_logprobs}: must be in [0, 20]",
+            ),
             (self.num_beams >= 1, f"--num_beams {self.num_beams}: must be >= 1"),
-            (0 <= self.min_new_tokens <= max(self.max_new_tokens, 0), f"min_new_tokens {self.min_new_tokens}: must be in [0, max_new_tokens]"),
-            (self.min_new_tokens == 0 or self.decode_strategy != "beam_search", "min_new_tokens is not supported with beam search"),
+            (
+                0 <= self.min_new_tokens <= max(self.max_new_tokens, 0),
+                f"min_new_tokens {self.min_new_tokens}: must be in [0, max_new_tokens]",
+            ),
+            (
+                self.min_new_tokens == 0 or self.decode_strategy != "beam_search",
+                "min_new_tokens is not supported with beam search",
+            ),
         )
         for ok, message in checks:
             if not ok:
@@ -76,7 +99,9 @@ def add_decoding_flags(group, defaults: Mapping[str, object], max_new_tokens_ali
     for name, (type_, help_) in _FLAGS.items():
         aliases = max_new_tokens_aliases if name == "max_new_tokens" else ()
         choices = STRATEGIES if name == "decode_strategy" else None
-        group.add_argument(f"--{name}", *aliases, dest=name, type=type_, default=defaults.get(name), choices=choices, help=help_)
+        group.add_argument(
+            f"--{name}", *aliases, dest=name, type=type_, default=defaults.get(name), choices=choices, help=help_
+        )
 
 
 def from_flags(args, defaults: Optional[Mapping[str, object]] = None, **fixed) -> GenerationConfig:

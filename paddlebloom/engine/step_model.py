@@ -16,6 +16,7 @@ in three storage kinds (`--quant_type`/`--dtype` of the export):
   weight_only_int8   int8 weights with one fp32 scale per output channel (our op; the tied LM
                      head and the embedding lookup read the same int8 table).
 """
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -100,7 +101,9 @@ class StepBlock(nn.Layer):
 
     def forward(self, x, cache, slots, past, lens, slopes, layer: int):
         h = self.input_layernorm(x)
-        attn = self.ops.cache_attention(self.query_key_value(h), cache, slots, past, lens, slopes, layer)[0]  # [out, cache (in place)]
+        attn = self.ops.cache_attention(self.query_key_value(h), cache, slots, past, lens, slopes, layer)[
+            0
+        ]  # [out, cache (in place)]
         x = (h if self.post_ln_residual else x) + self.dense(attn)
         h = self.post_attention_layernorm(x)
         return (h if self.post_ln_residual else x) + self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(h), approximate=True))
@@ -116,7 +119,9 @@ class StepModel(nn.Layer):
         config = model.config
         self.config, self.kind, self.parallel = config, kind, model.parallel
         bloom = model.bloom
-        self.word_embeddings = bloom.word_embeddings if kind == "float32" else TiedEmbedding(bloom.word_embeddings.weight, kind)
+        self.word_embeddings = (
+            bloom.word_embeddings if kind == "float32" else TiedEmbedding(bloom.word_embeddings.weight, kind)
+        )
         self.word_embeddings_layernorm = bloom.word_embeddings_layernorm
         self.h = nn.LayerList([StepBlock(block, kind) for block in bloom.h])
         self.ln_f = bloom.ln_f

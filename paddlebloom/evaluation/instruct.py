@@ -8,6 +8,7 @@ answer and -- with a judge -- its score) and OUT/report.json (per class and over
 mean answer length in characters and tokens, empty answers, mean judge score). Both files are
 written atomically after all answers exist, by the main rank only.
 """
+
 import argparse
 import json
 import os
@@ -37,7 +38,13 @@ def read_eval_set(path: str) -> List[Tuple[int, dict]]:
         for field in FIELDS:
             value = record.get(field)
             if not isinstance(value, str) or (field != "std_answer" and not value.strip()):
-                what = "missing" if field not in record else "must be a non-empty string" if field != "std_answer" else "must be a string"
+                what = (
+                    "missing"
+                    if field not in record
+                    else "must be a non-empty string"
+                    if field != "std_answer"
+                    else "must be a string"
+                )
                 raise DataError(f"{path}:{line}: field '{field}' {what}")
         records.append((line, record))
     if not records:
@@ -54,7 +61,11 @@ def _summary(items: List[dict], judged: bool) -> dict:
     }
     if judged:
         scores = [r["judge_score"] for r in items if r.get("judge_score") is not None]
-        entry.update(judged=len(scores), judge_errors=len(items) - len(scores), mean_score=(sum(scores) / len(scores)) if scores else None)
+        entry.update(
+            judged=len(scores),
+            judge_errors=len(items) - len(scores),
+            mean_score=(sum(scores) / len(scores)) if scores else None,
+        )
     return entry
 
 
@@ -70,8 +81,10 @@ def format_table(classes: Dict[str, dict], overall: dict) -> str:
     lines = [f"{'class':<20} {'count':>6} {'chars':>8} {'tokens':>8} {'score':>7}"]
     for name, e in [*classes.items(), ("(overall)", overall)]:
         score = e.get("mean_score")
-        lines.append(f"{name[:20]:<20} {e['count']:>6} {e['mean_answer_chars']:>8.1f} {e['mean_answer_tokens']:>8.1f} "
-                     f"{'-' if score is None else f'{score:.3f}':>7}")
+        lines.append(
+            f"{name[:20]:<20} {e['count']:>6} {e['mean_answer_chars']:>8.1f} {e['mean_answer_tokens']:>8.1f} "
+            f"{'-' if score is None else f'{score:.3f}':>7}"
+        )
     return "\n".join(lines)
 
 
@@ -86,9 +99,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4, help="prompts generated together")
     p.add_argument("--tensor_parallel_degree", type=int, default=1)
     add_generation_flags(p)
-    p.add_argument("--judge_url", help="OpenAI-compatible endpoint (base like http://host:8000/v1, or .../chat/completions)")
+    p.add_argument(
+        "--judge_url", help="OpenAI-compatible endpoint (base like http://host:8000/v1, or .../chat/completions)"
+    )
     p.add_argument("--judge_model", default="gpt-4o-mini", help="model name sent to the judge")
-    p.add_argument("--judge_api_key_env", default="JUDGE_API_KEY", help="environment variable holding the judge's API key (optional)")
+    p.add_argument(
+        "--judge_api_key_env",
+        default="JUDGE_API_KEY",
+        help="environment variable holding the judge's API key (optional)",
+    )
     p.add_argument("--judge_timeout", type=float, default=60.0, help="seconds per judge request")
     p.add_argument("--judge_retries", type=int, default=2)
     args = p.parse_args(argv)
@@ -121,7 +140,13 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
     # Build the judge before the slow part, so a bad URL or rubric fails in a second.
     judge = None
     if args.judge_url:
-        judge = JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_api_key_env), args.judge_timeout, args.judge_retries)
+        judge = JudgeClient(
+            args.judge_url,
+            args.judge_model,
+            os.environ.get(args.judge_api_key_env),
+            args.judge_timeout,
+            args.judge_retries,
+        )
     init_parallel(args.tensor_parallel_degree)
     main_rank = parallel_context().is_main
     model, tokenizer, _ = load_model(args.model_name_or_path, args.lora_path, args.prefix_path)
@@ -130,15 +155,33 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
     answers: List[str] = []
     with tqdm(total=len(prompts), desc="generating", unit=" ans", disable=not main_rank, dynamic_ncols=True) as bar:
         for i in range(0, len(prompts), args.batch_size):
-            answers.extend(generate_text(model, tokenizer, prompts[i : i + args.batch_size], config, args.src_length, batch_size=args.batch_size))
+            answers.extend(
+                generate_text(
+                    model,
+                    tokenizer,
+                    prompts[i : i + args.batch_size],
+                    config,
+                    args.src_length,
+                    batch_size=args.batch_size,
+                )
+            )
             bar.update(len(prompts[i : i + args.batch_size]))
     generation_seconds = time.time() - started
     if not main_rank:
         return None
     rows = []
     for (line, record), prompt, answer in zip(records, prompts, answers):
-        rows.append({"line": line, "class": record["class"], "question": record["question"], "std_answer": record["std_answer"],
-                     "prompt": prompt, "answer": answer, "answer_tokens": len(tokenizer.encode(answer))})
+        rows.append(
+            {
+                "line": line,
+                "class": record["class"],
+                "question": record["question"],
+                "std_answer": record["std_answer"],
+                "prompt": prompt,
+                "answer": answer,
+                "answer_tokens": len(tokenizer.encode(answer)),
+            }
+        )
     failures = 0
     if judge is not None:
         for row in tqdm(rows, desc="judging", unit=" ans", dynamic_ncols=True):
@@ -148,9 +191,26 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
                 row["judge_error"] = verdict.error
                 failures += 1
     report = {
-        "model": args.model_name_or_path, "lora_path": args.lora_path, "prefix_path": args.prefix_path, "eval_file": args.eval_file,
-        "template": template.name, "generation": {k: getattr(config, k) for k in ("max_new_tokens", "decode_strategy", "top_k", "top_p", "temperature", "repetition_penalty", "seed")},
-        "judge": None if judge is None else {"url": judge.url, "model": judge.model, "rubric_sha256_16": judge.rubric_sha},
+        "model": args.model_name_or_path,
+        "lora_path": args.lora_path,
+        "prefix_path": args.prefix_path,
+        "eval_file": args.eval_file,
+        "template": template.name,
+        "generation": {
+            k: getattr(config, k)
+            for k in (
+                "max_new_tokens",
+                "decode_strategy",
+                "top_k",
+                "top_p",
+                "temperature",
+                "repetition_penalty",
+                "seed",
+            )
+        },
+        "judge": None
+        if judge is None
+        else {"url": judge.url, "model": judge.model, "rubric_sha256_16": judge.rubric_sha},
         "generation_seconds": round(generation_seconds, 3),
     }
     report["classes"], report["overall"] = class_report(rows, judge is not None)
@@ -160,7 +220,9 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
     print(format_table(report["classes"], report["overall"]))
     if failures:
         # The files are complete (the errors are recorded per answer), but the scores are not.
-        raise JudgeFailed(f"the judge failed on {failures} of {len(rows)} answers (see judge_error in {args.output_dir}/predictions.jsonl)")
+        raise JudgeFailed(
+            f"the judge failed on {failures} of {len(rows)} answers (see judge_error in {args.output_dir}/predictions.jsonl)"
+        )
     return report
 
 

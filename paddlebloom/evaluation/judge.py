@@ -5,6 +5,7 @@ is filled with the category, question, reference and answer and sent as one user
 temperature 0. The judge must reply with JSON `{"score": 0..1, "reason": ...}`; a reply we cannot
 read, an HTTP error or a timeout (after retries) becomes an error on that answer, not a crash.
 """
+
 import hashlib
 import json
 import os
@@ -72,14 +73,24 @@ class Verdict:
 
 
 class JudgeClient:
-    def __init__(self, url: str, model: str, api_key: Optional[str] = None, timeout: float = 60.0, retries: int = 2, rubric_path: str = RUBRIC_PATH):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: Optional[str] = None,
+        timeout: float = 60.0,
+        retries: int = 2,
+        rubric_path: str = RUBRIC_PATH,
+    ):
         self.url = chat_url(url)
         self.model, self.api_key, self.timeout, self.retries = model, api_key, timeout, max(0, retries)
         self.rubric = load_rubric(rubric_path)
         self.rubric_sha = hashlib.sha256(self.rubric.encode()).hexdigest()[:16]
 
     def _post(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}).encode()
+        body = json.dumps(
+            {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -104,5 +115,5 @@ class JudgeClient:
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 error = f"unusable judge reply: {e}"
             if attempt < self.retries:
-                time.sleep(min(4.0, 0.5 * 2 ** attempt))
+                time.sleep(min(4.0, 0.5 * 2**attempt))
         return Verdict(None, "", error)

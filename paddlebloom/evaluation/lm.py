@@ -4,6 +4,7 @@ Every tensor-parallel rank runs the same batches (the model needs all of them fo
 collectives) and ends with the same totals. With data-parallel ranks too (more processes than
 the TP degree), batches are dealt round-robin over them and the totals summed at the end.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Tuple
@@ -68,8 +69,10 @@ def read_cloze(path: str, tokenizer, seq_length: int) -> List[ClozeExample]:
         context = text[: text.rstrip().rfind(word)].rstrip()
         target = tokenizer.encode(" " + word)
         if len(target) >= seq_length:
-            raise DataError(f"{path}:{line}: field 'text': target word has {len(target)} tokens, --seq_length {seq_length} leaves no context")
-        ctx = tokenizer.encode(context)[-(seq_length + 1 - len(target)):]
+            raise DataError(
+                f"{path}:{line}: field 'text': target word has {len(target)} tokens, --seq_length {seq_length} leaves no context"
+            )
+        ctx = tokenizer.encode(context)[-(seq_length + 1 - len(target)) :]
         out.append(ClozeExample(line, tuple(ctx), tuple(target)))
     if not out:
         raise DataError(f"{path}:1: no records")
@@ -100,7 +103,9 @@ def _progress(total: int, desc: str, unit: str):
 
 
 @paddle.no_grad()
-def score_stream(model, tokens: Sequence[int], windows: List[Window], batch_size: int, pad_id: int) -> Tuple[float, int]:
+def score_stream(
+    model, tokens: Sequence[int], windows: List[Window], batch_size: int, pad_id: int
+) -> Tuple[float, int]:
     """(total NLL in nats, number of scored tokens) over the planned windows."""
     batches = _batches(windows, batch_size)
     nll, counted = 0.0, 0
@@ -115,7 +120,12 @@ def score_stream(model, tokens: Sequence[int], windows: List[Window], batch_size
                 ids[i, : w.length] = tokens[w.start : w.start + w.length]
                 mask[i, : w.length] = 1
                 labels[i, w.first_scored : w.length] = tokens[w.start + 1 + w.first_scored : w.start + 1 + w.length]
-            out = model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), labels=paddle.to_tensor(labels), return_logits=False)
+            out = model(
+                paddle.to_tensor(ids),
+                attention_mask=paddle.to_tensor(mask),
+                labels=paddle.to_tensor(labels),
+                return_logits=False,
+            )
             n = int(out.n_tokens)
             nll += float(out.loss) * n
             counted += n

@@ -7,6 +7,7 @@ decoded strings, so the units are characters: the usual choice for Chinese).
 - ROUGE-L: per answer, the F-measure of the longest common subsequence with recall weighted by
   gamma = 1.2, averaged over answers.
 """
+
 from typing import Dict, Sequence
 
 
@@ -39,12 +40,17 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str], gamma: float 
         common = lcs_length(pred, ref)
         precision = common / len(pred) if pred else 0.0
         recall = common / len(ref) if ref else 0.0
-        scores.append((1 + gamma ** 2) * precision * recall / (recall + gamma ** 2 * precision) if precision and recall else 0.0)
+        scores.append(
+            (1 + gamma**2) * precision * recall / (recall + gamma**2 * precision) if precision and recall else 0.0
+        )
     return sum(scores) / len(scores) if scores else 0.0
 
 
 def overlap_scores(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    return {"rouge1": rouge_n(predictions, references, 1), "rouge2": rouge_n(predictions, references, 2),
-            "rougel": rouge_l(predictions, references)}
+    return {
+        "rouge1": rouge_n(predictions, references, 1),
+        "rouge2": rouge_n(predictions, references, 2),
+        "rougel": rouge_l(predictions, references),
+    }

@@ -7,6 +7,7 @@ token count and deflates perplexity, so Megatron and PaddleNLP detokenise first 
 word-level ("adjusted") perplexity over the *original* word count. We apply the same rules, in
 the same order, so the numbers are comparable.
 """
+
 import re
 
 # Literal replacements, applied in order. Order matters: number separators before punctuation,

@@ -6,6 +6,7 @@ only its targets past the end of the previous window -- the last `stride` of a f
 so each of tokens[1:] is scored once, with as much left context (up to `seq_length` tokens,
 itself the last input) as the window gives it. stride == seq_length means disjoint windows.
 """
+
 from dataclasses import dataclass
 from typing import List
 

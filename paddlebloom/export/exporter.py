@@ -10,6 +10,7 @@ The output directory holds only what deployment reads:
 It is written to a temporary sibling and renamed, so a failed export leaves no half-written model;
 the directory is one model's (its tokenizer and generation config are per directory).
 """
+
 import json
 import os
 from typing import Optional
@@ -25,7 +26,8 @@ from ..engine.backends import STEP_INPUTS, step_inputs
 from ..engine.settings import EXPORTED_FIELDS, GenerationConfig
 from ..engine.step_model import StepModel
 from ..loading import load_model, resolve_model_dir
-from ..ops import OpsUnavailable, load as load_ops
+from ..ops import OpsUnavailable
+from ..ops import load as load_ops
 from ..workarounds import find_model
 
 DTYPES = ("float32", "bfloat16")
@@ -45,11 +47,20 @@ def weight_kind(dtype: str, quant_type: Optional[str]) -> str:
 
 
 def step_input_spec(config, local_heads: int):
-    return [InputSpec(shape, dtype, name=name) for name, shape, dtype in step_inputs(config.n_layer, local_heads, config.head_dim)]
+    return [
+        InputSpec(shape, dtype, name=name)
+        for name, shape, dtype in step_inputs(config.n_layer, local_heads, config.head_dim)
+    ]
 
 
-def export_generation(model_name_or_path: str, output_path: str, lora_path: Optional[str] = None, prefix_path: Optional[str] = None,
-                      dtype: str = "float32", quant_type: Optional[str] = None) -> str:
+def export_generation(
+    model_name_or_path: str,
+    output_path: str,
+    lora_path: Optional[str] = None,
+    prefix_path: Optional[str] = None,
+    dtype: str = "float32",
+    quant_type: Optional[str] = None,
+) -> str:
     """Write the step program to `output_path` (DIR/NAME); returns the path of the program file."""
     kind = weight_kind(dtype, quant_type)
     directory, name = os.path.split(os.path.abspath(output_path))
@@ -71,7 +82,12 @@ def export_generation(model_name_or_path: str, output_path: str, lora_path: Opti
         copy_tokenizer(source, tmp)
         if prefix_kv is not None:
             np.save(os.path.join(tmp, PREFIX_KV), prefix_kv.astype(np.float32))
-        generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **GENERATION_DEFAULTS}
+        generation = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **GENERATION_DEFAULTS,
+        }
         _write_json(os.path.join(tmp, "generation_config.json"), generation)
         info = {
             "model_prefix": name,

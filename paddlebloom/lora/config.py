@@ -1,4 +1,5 @@
 """LoRA settings, stored as PaddleNLP's lora_config.json."""
+
 import re
 from dataclasses import dataclass, field
 from typing import List
@@ -43,4 +44,6 @@ class LoRAConfig:
 
     def matches(self, layer_name: str) -> bool:
         """Whether LoRA wraps this layer: one of BLOOM's linear layers, named by a target pattern."""
-        return layer_name.split(".")[-1] in BLOOM_LINEARS and any(re.fullmatch(p, layer_name) for p in self.target_modules)
+        return layer_name.split(".")[-1] in BLOOM_LINEARS and any(
+            re.fullmatch(p, layer_name) for p in self.target_modules
+        )

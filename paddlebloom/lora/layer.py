@@ -7,6 +7,7 @@ Tensor parallelism follows the base layer (Megatron-style):
   partial products xA are summed over ranks (reduce_from_tp) before B.
 Parameter names (`weight`, `bias`, `lora_A`, `lora_B`) are PaddleNLP's.
 """
+
 import math
 
 import paddle
@@ -26,8 +27,15 @@ class LoRALinear(nn.Layer):
         self.weight, self.bias = base.weight, base.bias
         in_local, out_local = base.weight.shape
         # A: Kaiming-uniform (as peft); B: zeros, so training starts from the base model.
-        self.lora_A = self.create_parameter([in_local, r], attr=paddle.ParamAttr(initializer=nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")))
-        self.lora_B = self.create_parameter([r, out_local], attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+        self.lora_A = self.create_parameter(
+            [in_local, r],
+            attr=paddle.ParamAttr(
+                initializer=nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")
+            ),
+        )
+        self.lora_B = self.create_parameter(
+            [r, out_local], attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
+        )
         if self.row_parallel:  # split like the base weight's input rows
             split_along(self.lora_A, 0)
         else:  # split like the base weight's output columns

@@ -4,6 +4,7 @@ An adapter directory holds lora_config.json + lora_model_state.pdparams (PaddleN
 under tensor parallelism the saved weights are merged to full size, and split again on load.
 LoRA changes the model in place (its linear layers are wrapped), so `apply` returns the same model.
 """
+
 from contextlib import contextmanager
 from typing import Dict
 
@@ -34,7 +35,11 @@ class LoRA(FileAdapter):
         layers = dict(model.named_sublayers())
         for name, layer in targets:
             parent_name, _, attr = name.rpartition(".")
-            setattr(layers[parent_name] if parent_name else model, attr, LoRALinear(layer, config.r, config.lora_alpha, config.lora_dropout))
+            setattr(
+                layers[parent_name] if parent_name else model,
+                attr,
+                LoRALinear(layer, config.r, config.lora_alpha, config.lora_dropout),
+            )
         rng = np.random.RandomState(seed)
         full = {}
         for name, param in sorted(self.trainable_state(model).items()):
@@ -57,7 +62,9 @@ class LoRA(FileAdapter):
         full, own = self.read_weights(directory), self.trainable_state(model)
         if set(full) != set(own):
             missing = sorted(set(own) ^ set(full))[0]
-            raise ValueError(f"{directory}: adapter does not fit the model (e.g. {missing}); check --lora_target_modules")
+            raise ValueError(
+                f"{directory}: adapter does not fit the model (e.g. {missing}); check --lora_target_modules"
+            )
         assign_full_values(model, full, where=directory)
 
     def merge(self, model):

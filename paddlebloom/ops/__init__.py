@@ -18,6 +18,7 @@ ISA: PADDLEBLOOM_ISA=scalar|avx2|avx512|vnni forces that kernel family (or the b
 below it); unset, each op picks the fastest accurate kernel for the CPU. `info()` says what the
 kernels will use.
 """
+
 import os
 import threading
 import types
@@ -64,7 +65,9 @@ def register_for_inference() -> Path:
             try:
                 _state["registered"] = (path, load_op_meta_info_and_register_op(str(path)))
             except Exception as e:  # e.g. a library built against another Paddle
-                raise OpsUnavailable(f"paddlebloom C++ ops could not be loaded: {str(e).strip().splitlines()[-1]}") from e
+                raise OpsUnavailable(
+                    f"paddlebloom C++ ops could not be loaded: {str(e).strip().splitlines()[-1]}"
+                ) from e
         return _state["registered"][0]
 
 
@@ -86,4 +89,10 @@ def set_num_threads(n: int) -> None:
 def info() -> dict:
     """What the kernels will do now: CPU level, level in force, threads, avx512_bf16, OpenMP max."""
     cpu, isa, threads, bf16, omp = (int(v) for v in load().paddlebloom_ops_info(paddle.zeros([1])).numpy())
-    return {"cpu_isa": ISA_NAMES[cpu], "isa": ISA_NAMES[isa], "threads": threads, "avx512_bf16": bool(bf16), "omp_max_threads": omp}
+    return {
+        "cpu_isa": ISA_NAMES[cpu],
+        "isa": ISA_NAMES[isa],
+        "threads": threads,
+        "avx512_bf16": bool(bf16),
+        "omp_max_threads": omp,
+    }

@@ -13,6 +13,7 @@ own libiomp5 when the wheel ships it, so the ops share MKL/oneDNN's warm thread 
 The compile runs in a child process (Paddle's `cpp_extension.load` prints and raises without the
 compiler's message); a failure becomes OpsUnavailable with the first compiler error line.
 """
+
 import argparse
 import fcntl
 import hashlib
@@ -140,7 +141,13 @@ def build(force: bool = False, verbose: bool = False) -> Path:
         env.setdefault("MAX_JOBS", str(max(1, min(len(srcs), os.cpu_count() or 1))))  # sources in parallel
         if os.environ.get("CXX"):
             env["CC"] = os.environ["CXX"]  # setuptools compiles .cc files with CC
-        args = {"name": NAME, "sources": [str(s) for s in srcs], "cflags": CXX_FLAGS, "ldflags": link_flags(), "dir": str(out_dir)}
+        args = {
+            "name": NAME,
+            "sources": [str(s) for s in srcs],
+            "cflags": CXX_FLAGS,
+            "ldflags": link_flags(),
+            "dir": str(out_dir),
+        }
         proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env, capture_output=True, text=True)
         log = proc.stdout + proc.stderr
         (out_dir / "build.log").write_text(log)

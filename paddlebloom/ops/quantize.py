@@ -8,6 +8,7 @@ int8 is symmetric per output channel: scale[n] = max_k |w[n, k]| / 127, q = roun
 w ~= q * scale with an error of at most scale / 2 per weight. Measured on normal(0, 0.02) weights
 this keeps a Linear's output within ~0.8% (relative RMS) of fp32; bf16 within ~0.2%.
 """
+
 from typing import Optional, Tuple
 
 import numpy as np
@@ -17,8 +18,17 @@ from paddle.jit.marker import unified
 from . import load
 
 __all__ = [
-    "quantize_int8", "dequantize_int8", "bf16_bits", "to_bf16", "from_bf16",
-    "linear_int8", "linear_bf16", "linear_fp32", "embedding_int8", "embedding_bf16", "WeightOnlyLinear",
+    "quantize_int8",
+    "dequantize_int8",
+    "bf16_bits",
+    "to_bf16",
+    "from_bf16",
+    "linear_int8",
+    "linear_bf16",
+    "linear_fp32",
+    "embedding_int8",
+    "embedding_bf16",
+    "WeightOnlyLinear",
 ]
 
 
@@ -72,7 +82,9 @@ def from_bf16(w) -> np.ndarray:
 
 
 @unified  # traced as is by to_static: it only appends the custom op
-def linear_int8(x: paddle.Tensor, weight: paddle.Tensor, scale: paddle.Tensor, bias: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+def linear_int8(
+    x: paddle.Tensor, weight: paddle.Tensor, scale: paddle.Tensor, bias: Optional[paddle.Tensor] = None
+) -> paddle.Tensor:
     """x [..., K] float32 @ (weight int8 [N, K] * scale [N]).T + bias [N] -> float32 [..., N]."""
     return load().weight_only_linear_int8(x, weight, scale, bias)
 

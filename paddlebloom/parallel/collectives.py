@@ -14,6 +14,7 @@ so the same four ops are built from synchronous `paddle.distributed.all_reduce` 
 Each op takes the parallel context of the model that calls it (the process's, from init_parallel,
 when none is given).
 """
+
 from typing import Optional
 
 import paddle

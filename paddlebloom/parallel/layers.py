@@ -8,6 +8,7 @@ Every layer is built for an explicit ParallelContext (its degree decides the sha
 for its forward pass. Each split parameter records the axis it is split along (`split_axis`), so
 code that gathers, re-splits or measures live parameters needs no rules about their names.
 """
+
 from typing import Optional
 
 import paddle
@@ -46,7 +47,9 @@ class ColumnParallelLinear(nn.Layer):
         super().__init__()
         self.parallel = parallel
         self.out_per_rank = _divide(out_features, parallel.tp_degree, "output features")
-        self.weight = split_along(self.create_parameter([in_features, self.out_per_rank], attr=bloom_weight_init(std)), 1)
+        self.weight = split_along(
+            self.create_parameter([in_features, self.out_per_rank], attr=bloom_weight_init(std)), 1
+        )
         self.bias = split_along(self.create_parameter([self.out_per_rank], attr=_ZERO, is_bias=True), 0)
 
     def forward(self, x):
@@ -93,21 +96,37 @@ class VocabParallelEmbedding(nn.Layer):
         return paddle.matmul(copy_to_tp(hidden, self.parallel), self.weight, transpose_y=True)
 
 
-def parallel_cross_entropy(local_logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float = 0.0, ignore_index: int = -100,
-                           parallel: Optional[ParallelContext] = None):
+def parallel_cross_entropy(
+    local_logits,
+    labels,
+    vocab_start: int,
+    vocab_size: int,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    parallel: Optional[ParallelContext] = None,
+):
     """Mean token loss from vocabulary-split logits without gathering them.
 
     loss_t = (1 - eps) * (-log p[y_t]) + eps * mean_v(-log p[v])   (the usual label smoothing, as in
     torch.nn.CrossEntropyLoss(label_smoothing=eps)); positions whose label is ignore_index do not count.
     Returns (mean loss, number of counted tokens).
     """
-    nll, counted = parallel_token_nll(local_logits, labels, vocab_start, vocab_size, label_smoothing, ignore_index, parallel)
+    nll, counted = parallel_token_nll(
+        local_logits, labels, vocab_start, vocab_size, label_smoothing, ignore_index, parallel
+    )
     n_tokens = counted.sum()
     return nll.sum() / paddle.clip(n_tokens, min=1.0), n_tokens
 
 
-def parallel_token_nll(local_logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float = 0.0, ignore_index: int = -100,
-                       parallel: Optional[ParallelContext] = None):
+def parallel_token_nll(
+    local_logits,
+    labels,
+    vocab_start: int,
+    vocab_size: int,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    parallel: Optional[ParallelContext] = None,
+):
     """Per-token (smoothed) NLL from vocabulary-split logits, flattened to [tokens]: (nll, counted).
 
     nll is 0 where the label is ignore_index; counted is 1.0 where it is not. Every rank of the
@@ -139,7 +158,9 @@ def _whole_vocab_nll(logits, labels, label_smoothing: float, ignore_index: int):
     return nll
 
 
-def _split_vocab_nll(logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float, parallel: ParallelContext):
+def _split_vocab_nll(
+    logits, labels, vocab_start: int, vocab_size: int, label_smoothing: float, parallel: ParallelContext
+):
     """Per-token (smoothed) NLL from this rank's vocabulary slice, summed over the group."""
     shifted = logits - max_over_tp(logits.max(axis=-1, keepdim=True).detach(), parallel)
     log_z = paddle.log(reduce_from_tp(paddle.exp(shifted).sum(axis=-1), parallel))

@@ -1,4 +1,5 @@
 """Prefix-tuning settings, stored as PaddleNLP's prefix_config.json."""
+
 from dataclasses import dataclass
 
 PREFIX_CONFIG = "prefix_config.json"

@@ -7,6 +7,7 @@ replicated and its gradient summed over ranks. PaddleNLP instead splits the flat
 mixes layers and heads (paddlenlp 3.0.0b4: loss 6.1807 at TP=2 vs 6.2189 at TP=1 with the same
 prefix weights, a [16, 256] merged weight instead of [8, 256]; the README's "Upstream defects").
 """
+
 from contextlib import contextmanager
 
 import numpy as np
@@ -28,7 +29,11 @@ class PrefixModel(nn.Layer):
     def __init__(self, model: nn.Layer, config: PrefixConfig, seed: int = 0):
         super().__init__()
         base = model.config
-        config.num_hidden_layers, config.num_attention_heads, config.hidden_size = base.n_layer, base.n_head, base.hidden_size
+        config.num_hidden_layers, config.num_attention_heads, config.hidden_size = (
+            base.n_layer,
+            base.n_head,
+            base.hidden_size,
+        )
         self.model, self.prefix_config, self.config, self.parallel = model, config, base, model.parallel
         width = 2 * base.n_layer * base.hidden_size
         if config.prefix_projection:
@@ -62,7 +67,11 @@ class PrefixModel(nn.Layer):
         per_head = copy_to_tp(flat, ctx).reshape([n_tokens, 2 * cfg.n_layer, cfg.n_head, cfg.head_dim])
         heads = cfg.n_head // ctx.tp_degree
         mine = per_head[:, :, ctx.tp_rank * heads : (ctx.tp_rank + 1) * heads]
-        mine = mine.transpose([1, 2, 0, 3]).unsqueeze(1).expand([2 * cfg.n_layer, batch_size, heads, n_tokens, cfg.head_dim])
+        mine = (
+            mine.transpose([1, 2, 0, 3])
+            .unsqueeze(1)
+            .expand([2 * cfg.n_layer, batch_size, heads, n_tokens, cfg.head_dim])
+        )
         return [(mine[i], mine[cfg.n_layer + i]) for i in range(cfg.n_layer)]
 
     def stacked_prefix(self) -> np.ndarray:
@@ -76,7 +85,14 @@ class PrefixModel(nn.Layer):
 
     def forward(self, input_ids, attention_mask=None, labels=None, past_key_values=None, use_cache=False, **kwargs):
         if self.prefix_disabled:
-            return self.model(input_ids, attention_mask=attention_mask, labels=labels, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+            return self.model(
+                input_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
         b, s = input_ids.shape
         n_prefix = self.prefix_config.num_prefix_tokens
         if past_key_values is None:
@@ -84,7 +100,14 @@ class PrefixModel(nn.Layer):
         if attention_mask is None:
             attention_mask = paddle.ones([b, past_key_values[0][0].shape[2] - n_prefix + s], dtype="int64")
         full_mask = paddle.concat([paddle.ones([b, n_prefix], dtype=attention_mask.dtype), attention_mask], axis=1)
-        return self.model(input_ids, attention_mask=full_mask, labels=labels, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        return self.model(
+            input_ids,
+            attention_mask=full_mask,
+            labels=labels,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
 
     def set_recompute(self, enabled: bool) -> None:
         self.model.set_recompute(enabled)
@@ -109,7 +132,9 @@ class Prefix(FileAdapter):
         state = self.read_weights(directory)
         for name, param in self.trainable_state(model).items():
             if name not in state or tuple(state[name].shape) != tuple(param.shape):
-                raise ValueError(f"{directory}: prefix weight {name} missing or of another shape; check --num_prefix_tokens/--prefix_projection")
+                raise ValueError(
+                    f"{directory}: prefix weight {name} missing or of another shape; check --num_prefix_tokens/--prefix_projection"
+                )
             param.set_value(state[name])
 
     def merge(self, model: PrefixModel):

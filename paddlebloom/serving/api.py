@@ -14,6 +14,7 @@ chat messages are rendered in the fine-tuning template by paddlebloom.data.encod
 `echo` (completions: the prompt's own log-probabilities, `max_tokens` 0 allowed) run on the same
 engine: scoring a prompt is its prefill.
 """
+
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -34,8 +35,24 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
-COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
-          "seed", "stream", "stop", "n", "user", "stream_options", "max_completion_tokens", "logprobs"}
+COMMON = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stream",
+    "stop",
+    "n",
+    "user",
+    "stream_options",
+    "max_completion_tokens",
+    "logprobs",
+}
 COMPLETION_FIELDS = COMMON | {"prompt", "echo", "best_of"}
 CHAT_FIELDS = COMMON | {"messages", "top_logprobs"}
 ROLES = ("system", "user", "assistant")
@@ -59,8 +76,11 @@ class Request:
 
     def jobs(self) -> List[Tuple[List[int], GenerationConfig, bool]]:
         """(prompt, settings, seeded) per choice, in OpenAI's order: prompt by prompt, n each."""
-        return [(ids, dataclasses.replace(self.sampling, seed=self.sampling.seed + j), self.seeded)
-                for ids in self.prompts for j in range(self.n)]
+        return [
+            (ids, dataclasses.replace(self.sampling, seed=self.sampling.seed + j), self.seeded)
+            for ids in self.prompts
+            for j in range(self.n)
+        ]
 
 
 @dataclass
@@ -77,12 +97,20 @@ def _typed(body: Dict, name: str, types, lo=None, hi=None, lo_open=False):
         return None
     value = body[name]
     if isinstance(value, bool) or not isinstance(value, types):
-        raise ApiError(400, f"'{name}' must be {'an integer' if types is int else 'a number'}, got {type(value).__name__}", param=name)
+        raise ApiError(
+            400,
+            f"'{name}' must be {'an integer' if types is int else 'a number'}, got {type(value).__name__}",
+            param=name,
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise ApiError(400, f"'{name}' must be a finite number, got {value}", param=name)
     if lo is not None and (value <= lo if lo_open else value < lo) or hi is not None and value > hi:
         bound = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
-        raise ApiError(400, f"'{name}' = {value} is out of range ({bound}{', ' if bound and hi is not None else ''}{f'<= {hi}' if hi is not None else ''})", param=name)
+        raise ApiError(
+            400,
+            f"'{name}' = {value} is out of range ({bound}{', ' if bound and hi is not None else ''}{f'<= {hi}' if hi is not None else ''})",
+            param=name,
+        )
     return value
 
 
@@ -91,7 +119,9 @@ def _check_fields(body, allowed: set) -> None:
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ApiError(400, f"unknown field '{unknown[0]}' (this server accepts: {', '.join(sorted(allowed))})", param=unknown[0])
+        raise ApiError(
+            400, f"unknown field '{unknown[0]}' (this server accepts: {', '.join(sorted(allowed))})", param=unknown[0]
+        )
 
 
 def _flag(body: Dict, name: str) -> bool:
@@ -121,17 +151,29 @@ def _choices(body: Dict, prompts: int, limits: Limits) -> int:
     n = 1 if n is None else n
     best_of = _typed(body, "best_of", int, 1)
     if best_of is not None and best_of != n:
-        raise ApiError(400, f"'best_of' {best_of} is not supported (no server-side ranking): ask for 'n' choices and rank them yourself", param="best_of")
+        raise ApiError(
+            400,
+            f"'best_of' {best_of} is not supported (no server-side ranking): ask for 'n' choices and rank them yourself",
+            param="best_of",
+        )
     if prompts * n > limits.max_choices:
-        raise ApiError(400, f"{prompts} prompt(s) x n={n} is {prompts * n} answers; this server runs at most {limits.max_choices} at once", param="n")
+        raise ApiError(
+            400,
+            f"{prompts} prompt(s) x n={n} is {prompts * n} answers; this server runs at most {limits.max_choices} at once",
+            param="n",
+        )
     return n
 
 
-def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: bool = False) -> Tuple[GenerationConfig, bool]:
+def _sampling(
+    body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: bool = False
+) -> Tuple[GenerationConfig, bool]:
     d = limits.defaults
     least = 0 if echo else 1  # echo with max_tokens 0 scores the prompt only (how lm-evaluation-harness asks)
     max_tokens = _typed(body, "max_tokens", int, least, limits.max_new_tokens)
-    newer = _typed(body, "max_completion_tokens", int, least, limits.max_new_tokens)  # OpenAI's newer name: checked even when both come
+    newer = _typed(
+        body, "max_completion_tokens", int, least, limits.max_new_tokens
+    )  # OpenAI's newer name: checked even when both come
     max_tokens = max_tokens if max_tokens is not None else newer
     temperature = _typed(body, "temperature", (int, float), 0, 100)
     top_p = _typed(body, "top_p", (int, float), 0, 1, lo_open=True)
@@ -139,7 +181,7 @@ def _sampling(body: Dict, limits: Limits, logprobs: Optional[int] = None, echo: 
     penalty = _typed(body, "repetition_penalty", (int, float), 0, 100, lo_open=True)
     presence = _typed(body, "presence_penalty", (int, float), -2, 2)
     frequency = _typed(body, "frequency_penalty", (int, float), -2, 2)
-    seed = _typed(body, "seed", int, 0, 2 ** 62)
+    seed = _typed(body, "seed", int, 0, 2**62)
     asks_sampling = (temperature is not None and temperature > 0) or (top_p is not None and top_p < 1) or bool(top_k)
     if temperature == 0:
         strategy = "greedy_search"
@@ -185,7 +227,11 @@ def _check_length(ids: List[int], limits: Limits, what: str) -> None:
     if not ids:
         raise ApiError(400, f"{what} is empty: nothing to generate from")
     if len(ids) > limits.max_prompt_tokens:
-        raise ApiError(400, f"{what} has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}", param="messages" if "message" in what else "prompt")
+        raise ApiError(
+            400,
+            f"{what} has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}",
+            param="messages" if "message" in what else "prompt",
+        )
 
 
 def _prompts(prompt, tokenizer, limits: Limits) -> List[List[int]]:
@@ -199,13 +245,19 @@ def _prompts(prompt, tokenizer, limits: Limits) -> List[List[int]]:
             return [_token_ids(prompt, limits, "prompt")]
         if all(isinstance(p, list) for p in prompt):
             return [_token_ids(p, limits, f"prompt[{i}]") for i, p in enumerate(prompt)]
-    raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists", param="prompt")
+    raise ApiError(
+        400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists", param="prompt"
+    )
 
 
 def _token_ids(ids: List, limits: Limits, where: str) -> List[int]:
     for t in ids:
         if not isinstance(t, int) or isinstance(t, bool) or t < 0 or (limits.vocab_size and t >= limits.vocab_size):
-            raise ApiError(400, f"'{where}': token id {t!r} is not in this model's vocabulary [0, {limits.vocab_size})", param="prompt")
+            raise ApiError(
+                400,
+                f"'{where}': token id {t!r} is not in this model's vocabulary [0, {limits.vocab_size})",
+                param="prompt",
+            )
     return list(ids)
 
 
@@ -218,7 +270,9 @@ def parse_completion(body, tokenizer, limits: Limits) -> Request:
     n = _choices(body, len(prompts), limits)
     sampling, seeded = _sampling(body, limits, logprobs, echo)
     stream, stop, include_usage = _stream_flags(body)
-    return Request(prompts, sampling, seeded, stream, stop, include_usage, n, echo, None if logprobs is None else "completion")
+    return Request(
+        prompts, sampling, seeded, stream, stop, include_usage, n, echo, None if logprobs is None else "completion"
+    )
 
 
 def chat_turns(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
@@ -229,14 +283,25 @@ def chat_turns(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
     system, history, pending_system, query = None, [], [], None
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) - {"role", "content", "name"} or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ApiError(400, f"messages[{i}] must be {{\"role\": one of {', '.join(ROLES)}, \"content\": string}}", param="messages")
+        if (
+            not isinstance(m, dict)
+            or set(m) - {"role", "content", "name"}
+            or m.get("role") not in ROLES
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ApiError(
+                400, f'messages[{i}] must be {{"role": one of {", ".join(ROLES)}, "content": string}}', param="messages"
+            )
         role, content = m["role"], m["content"]
         if role == "system":
             pending_system.append(content)
         elif role == "user":
             if query is not None:
-                raise ApiError(400, f"messages[{i}]: two user messages in a row (an assistant message must come between)", param="messages")
+                raise ApiError(
+                    400,
+                    f"messages[{i}]: two user messages in a row (an assistant message must come between)",
+                    param="messages",
+                )
             if not history and system is None and pending_system:
                 system, pending_system = "\n\n".join(pending_system), []
             query = "\n\n".join(pending_system + [content])

@@ -1,4 +1,5 @@
 """A minimal standard-library client for the server: what the load test and the tests speak."""
+
 import http.client
 import json
 import time
@@ -11,8 +12,15 @@ def _connection(base: str, timeout: float) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
 
 
-def call(base: str, method: str, path: str, body=None, raw: Optional[bytes] = None, headers: Optional[Dict] = None,
-         timeout: float = 300) -> Tuple[int, object]:
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body=None,
+    raw: Optional[bytes] = None,
+    headers: Optional[Dict] = None,
+    timeout: float = 300,
+) -> Tuple[int, object]:
     """(status, JSON body, or text when it is not JSON) of one request on its own connection."""
     conn = _connection(base, timeout)
     try:
@@ -34,7 +42,12 @@ def stream(base: str, path: str, body: Dict, timeout: float = 300) -> Tuple[List
     conn = _connection(base, timeout)
     began = time.perf_counter()
     try:
-        conn.request("POST", path, body=json.dumps({**body, "stream": True}).encode("utf-8"), headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps({**body, "stream": True}).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         if response.status != 200:
             raise RuntimeError(f"POST {path}: HTTP {response.status}: {response.read()[:300]!r}")

@@ -10,6 +10,7 @@ Every request keeps its own settings and random stream (paddlebloom.engine.sampl
 sampling and seeded sampling share batches: a seeded answer depends on (prompt, settings, seed)
 only, whatever else runs beside it.
 """
+
 import itertools
 import queue
 import random
@@ -61,10 +62,19 @@ class Job:
 
 
 class Engine:
-    def __init__(self, predictor: GenerationPredictor, max_batch_size: int = 8, max_concurrent: int = 32,
-                 chunk_tokens: int = 1, batch_wait_ms: float = 10.0, max_context: int = 2048):
+    def __init__(
+        self,
+        predictor: GenerationPredictor,
+        max_batch_size: int = 8,
+        max_concurrent: int = 32,
+        chunk_tokens: int = 1,
+        batch_wait_ms: float = 10.0,
+        max_context: int = 2048,
+    ):
         if max_batch_size < 1 or max_concurrent < 1 or chunk_tokens < 1 or batch_wait_ms < 0:
-            raise ValueError("--max_batch_size, --max_concurrent and --chunk_tokens must be >= 1 and --batch_wait_ms >= 0")
+            raise ValueError(
+                "--max_batch_size, --max_concurrent and --chunk_tokens must be >= 1 and --batch_wait_ms >= 0"
+            )
         self.predictor, self.steps = predictor, predictor.engine
         self.steps.cache.ensure(max_batch_size, self.steps.n_prefix + max_context)
         self.max_batch_size, self.max_concurrent = max_batch_size, max_concurrent
@@ -75,8 +85,16 @@ class Engine:
         self._active: List[Job] = []
         self._ids = itertools.count(1)
         self._stopping = False
-        self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected_busy": 0, "program_calls": 0,
-                      "tokens_generated": 0, "max_batch_size_seen": 0, "busy_seconds": 0.0}
+        self.stats = {
+            "requests": 0,
+            "finished": 0,
+            "cancelled": 0,
+            "rejected_busy": 0,
+            "program_calls": 0,
+            "tokens_generated": 0,
+            "max_batch_size_seen": 0,
+            "busy_seconds": 0.0,
+        }
         self.batch_sizes: Counter = Counter()
         self._thread = threading.Thread(target=self._run, name="paddlebloom-scheduler", daemon=True)
         self._thread.start()
@@ -110,10 +128,16 @@ class Engine:
 
     def snapshot(self) -> Dict:
         with self._lock:
-            return {**self.stats, "active": len(self._active), "waiting": len(self._waiting),
-                    "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                    "max_batch_size": self.max_batch_size, "max_concurrent": self.max_concurrent, "chunk_tokens": self.chunk_tokens,
-                    "free_slots": self.steps.cache.free_slots()}
+            return {
+                **self.stats,
+                "active": len(self._active),
+                "waiting": len(self._waiting),
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "max_batch_size": self.max_batch_size,
+                "max_concurrent": self.max_concurrent,
+                "chunk_tokens": self.chunk_tokens,
+                "free_slots": self.steps.cache.free_slots(),
+            }
 
     def close(self) -> None:
         with self._lock:
@@ -161,7 +185,10 @@ class Engine:
             running = [j for j in self._active if j.sequence is not None]
             joining = self._admit()
             steps = self.steps
-            for batch, logits_of, pick in ((joining, steps.prefill_logits, steps.first_token), (running, steps.decode_logits, steps.choose)):
+            for batch, logits_of, pick in (
+                (joining, steps.prefill_logits, steps.first_token),
+                (running, steps.decode_logits, steps.choose),
+            ):
                 if not batch:
                     continue
                 try:

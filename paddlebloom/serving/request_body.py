@@ -11,6 +11,7 @@ What the standard library lets through and why each is refused here:
 - Strings must encode to UTF-8: a JSON escape can spell a lone surrogate ("\\ud800") that Python
   keeps in a str and the tokenizer refuses with a TypeError (a 500).
 """
+
 import json
 import math
 import re
@@ -50,7 +51,11 @@ def _parse_float(text: str):
 
 
 def _parse_int(text: str):
-    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else _BadNumber(text, f"has more than {MAX_INT_DIGITS} digits")
+    return (
+        int(text)
+        if len(text.lstrip("-")) <= MAX_INT_DIGITS
+        else _BadNumber(text, f"has more than {MAX_INT_DIGITS} digits")
+    )
 
 
 def _parse_constant(text: str):
@@ -108,8 +113,11 @@ def _text(value: str, where: str, param: Optional[str]) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ApiError(400, f"{where} is not valid Unicode: a lone surrogate (\\u{ord(value[e.start]):04x}) at character {e.start}",
-                       param=param) from None
+        raise ApiError(
+            400,
+            f"{where} is not valid Unicode: a lone surrogate (\\u{ord(value[e.start]):04x}) at character {e.start}",
+            param=param,
+        ) from None
 
 
 def _walk(value, path: str = "", param: Optional[str] = None) -> None:

@@ -7,10 +7,10 @@ possible stop strings, TextStream) and, when asked, into OpenAI's log-probabilit
   chat         {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}.
 A token that holds part of a character is named by its bytes ("bytes:\\xe4\\xbd", as OpenAI does).
 """
+
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
-
 
 
 class TextStream:
@@ -49,7 +49,7 @@ class TextStream:
         return "" if self.stopped else self._emit(self._text())
 
     def _emit(self, text: str) -> str:
-        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
+        delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
         self.sent = self.sent + delta
         return delta
 
@@ -123,10 +123,14 @@ class Choice:
 
     def _shape(self, entries) -> Dict:
         if self.kind == "chat":
+
             def item(t, lp):
                 return {"token": self._name(t), "logprob": lp, "bytes": list(self.tokenizer.token_bytes(t))}
 
-            return {"content": [{**item(t, s[0]), "top_logprobs": [item(a, lp) for a, lp in s[1]]} for t, s, _ in entries], "refusal": None}
+            return {
+                "content": [{**item(t, s[0]), "top_logprobs": [item(a, lp) for a, lp in s[1]]} for t, s, _ in entries],
+                "refusal": None,
+            }
         return {
             "tokens": [self._name(t) for t, _, _ in entries],
             "token_logprobs": [None if s is None else s[0] for _, s, _ in entries],
@@ -142,7 +146,9 @@ class Answer:
     def __init__(self, request, jobs, tokenizer, model: str, chat: bool):
         self.request, self.jobs, self.model, self.chat = request, jobs, model, chat
         self.id = new_id("chatcmpl" if chat else "cmpl")
-        self.choices = [Choice(i, job, tokenizer, request.stop, request.logprobs, request.echo) for i, job in enumerate(jobs)]
+        self.choices = [
+            Choice(i, job, tokenizer, request.stop, request.logprobs, request.echo) for i, job in enumerate(jobs)
+        ]
 
     def usage(self) -> Dict:
         return usage(sum(len(p) for p in self.request.prompts), sum(len(j.tokens) for j in self.jobs))
@@ -172,7 +178,13 @@ class Answer:
             if all(c.done for c in self.choices):
                 break
         make = chat_choice if self.chat else completion_choice
-        return body(self.id, self.model, self.chat, [make(c.index, c.text, c.finish_reason, c.logprobs()) for c in self.choices], self.usage())
+        return body(
+            self.id,
+            self.model,
+            self.chat,
+            [make(c.index, c.text, c.finish_reason, c.logprobs()) for c in self.choices],
+            self.usage(),
+        )
 
     def chunks(self, events):
         if self.chat:
@@ -216,7 +228,11 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_choice(index: int, text: str, finish: Optional[str], logprobs: Optional[Dict]) -> Dict:
@@ -224,14 +240,21 @@ def completion_choice(index: int, text: str, finish: Optional[str], logprobs: Op
 
 
 def chat_choice(index: int, text: str, finish: Optional[str], logprobs: Optional[Dict]) -> Dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
 
 
 def chat_delta(index: int, delta: Dict, finish: Optional[str], logprobs: Optional[Dict] = None) -> Dict:
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
 
-def body(rid: str, model: str, chat: bool, choices: List[Dict], use: Optional[Dict] = None, chunk: bool = False) -> Dict:
+def body(
+    rid: str, model: str, chat: bool, choices: List[Dict], use: Optional[Dict] = None, chunk: bool = False
+) -> Dict:
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
     out = {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
     if use is not None:

@@ -6,6 +6,7 @@ Handler threads only wait on their request's event queue: the program runs in th
 scheduler thread. While waiting, a handler peeks at its socket so that a client that went away
 (the page's stop button aborts its fetch) frees its generation slot at the next step.
 """
+
 import json
 import os
 import queue
@@ -31,7 +32,16 @@ class ClientGone(Exception):
 class App:
     """What handlers share: the engine, the tokenizer, limits, the page."""
 
-    def __init__(self, engine, tokenizer, template, limits: api.Limits, model_name: str, max_body_bytes: int, access_log: bool = False):
+    def __init__(
+        self,
+        engine,
+        tokenizer,
+        template,
+        limits: api.Limits,
+        model_name: str,
+        max_body_bytes: int,
+        access_log: bool = False,
+    ):
         self.engine, self.tokenizer, self.template, self.limits = engine, tokenizer, template, limits
         self.model_name, self.max_body_bytes, self.access_log = model_name, max_body_bytes, access_log
         self.started = time.time()
@@ -55,8 +65,11 @@ class Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             try:
                 body = json.dumps(api.ApiError(503, "too many open connections", "server_busy").body()).encode()
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -161,7 +174,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self):
         self.close_connection = True
-        self._json(405, api.ApiError(405, f"method {self.command} is not allowed here").body(), [("Allow", "GET, POST")])
+        self._json(
+            405, api.ApiError(405, f"method {self.command} is not allowed here").body(), [("Allow", "GET, POST")]
+        )
 
     def _other_method(self):
         self._guard(self._not_allowed)
@@ -179,10 +194,32 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(self.app.page)
         elif path == "/health":
-            self._json(200, {"status": "ok", "model": self.app.model_name, "uptime_s": round(time.time() - self.app.started, 1), **self.app.engine.snapshot()})
+            self._json(
+                200,
+                {
+                    "status": "ok",
+                    "model": self.app.model_name,
+                    "uptime_s": round(time.time() - self.app.started, 1),
+                    **self.app.engine.snapshot(),
+                },
+            )
         elif path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": self.app.model_name, "object": "model", "created": int(self.app.started), "owned_by": "paddlebloom",
-                                                         "max_prompt_tokens": self.app.limits.max_prompt_tokens, "max_new_tokens": self.app.limits.max_new_tokens}]})
+            self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.app.model_name,
+                            "object": "model",
+                            "created": int(self.app.started),
+                            "owned_by": "paddlebloom",
+                            "max_prompt_tokens": self.app.limits.max_prompt_tokens,
+                            "max_new_tokens": self.app.limits.max_new_tokens,
+                        }
+                    ],
+                },
+            )
         elif path in ("/v1/completions", "/v1/chat/completions"):
             self._not_allowed()
         else:
@@ -191,7 +228,11 @@ class Handler(BaseHTTPRequestHandler):
     def _post(self):
         path = self.path.split("?", 1)[0]
         if path not in ("/v1/completions", "/v1/chat/completions"):
-            raise api.ApiError(404 if path not in ("/", "/health", "/v1/models") else 405, f"no such endpoint: POST {path}", "not_found_error")
+            raise api.ApiError(
+                404 if path not in ("/", "/health", "/v1/models") else 405,
+                f"no such endpoint: POST {path}",
+                "not_found_error",
+            )
         body = self._read_json()
         chat = path == "/v1/chat/completions"
         app = self.app
@@ -200,7 +241,12 @@ class Handler(BaseHTTPRequestHandler):
         else:
             req = api.parse_completion(body, app.tokenizer, app.limits)
         if body.get("model") not in (None, app.model_name):
-            raise api.ApiError(404, f"model '{body['model']}' is not served here (GET /v1/models lists '{app.model_name}')", "not_found_error", "model")
+            raise api.ApiError(
+                404,
+                f"model '{body['model']}' is not served here (GET /v1/models lists '{app.model_name}')",
+                "not_found_error",
+                "model",
+            )
         try:
             jobs = app.engine.submit_many(req.jobs())
         except ServerBusy as e:

@@ -5,6 +5,7 @@
 
 Any readable format is accepted as input; the output is JSON lines.
 """
+
 import argparse
 import json
 import sys
@@ -44,7 +45,10 @@ def convert(input_path: str, output_path: str, to: str, template_name=None) -> i
         nonlocal count
         with open(tmp, "w", encoding="utf-8") as out:
             for n, record in iter_records(input_path):
-                out.write(json.dumps(convert_record(record, to, f"{input_path}:{n}", template, count), ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps(convert_record(record, to, f"{input_path}:{n}", template, count), ensure_ascii=False)
+                    + "\n"
+                )
                 count += 1
 
     write_file_atomic(output_path, write)
@@ -58,7 +62,10 @@ def main(argv=None) -> int:
     p.add_argument("--to", required=True, choices=("conversations", "src_tgt"))
     p.add_argument("--template", choices=sorted(TEMPLATES), help="with --to src_tgt: apply this prompt template to src")
     args = p.parse_args(argv)
-    return run_main("convert", lambda: print(f"wrote {convert(args.input, args.output, args.to, args.template)} records to {args.output}"))
+    return run_main(
+        "convert",
+        lambda: print(f"wrote {convert(args.input, args.output, args.to, args.template)} records to {args.output}"),
+    )
 
 
 if __name__ == "__main__":

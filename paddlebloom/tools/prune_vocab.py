@@ -8,6 +8,7 @@ survives when its two parts and its result are kept. On text whose original toke
 kept, the pruned tokenizer applies exactly the original merges in the original order, so it
 produces the same tokens (renumbered); the embedding / LM-head rows are copied for them.
 """
+
 import argparse
 import json
 import os
@@ -44,7 +45,9 @@ def used_token_ids(tokenizer: BloomTokenizer, texts: Iterable[str], chunk: int =
     return used
 
 
-def choose_tokens(vocab: Dict[str, int], merges: List[Tuple[str, str]], used_ids: set, multiple_of: int = 8) -> List[str]:
+def choose_tokens(
+    vocab: Dict[str, int], merges: List[Tuple[str, str]], used_ids: set, multiple_of: int = 8
+) -> List[str]:
     """The kept tokens in their original id order."""
     by_id = {i: t for t, i in vocab.items()}
     parents = {a + b: (a, b) for a, b in merges}
@@ -100,8 +103,13 @@ def prune(model_name_or_path: str, corpora: List[str], output_dir: str) -> dict:
         pruned.save_pretrained(tmp)
         with open(os.path.join(tmp, "vocab_map.json"), "w", encoding="utf-8") as f:
             json.dump({"new_to_old": old_ids.tolist()}, f)
-    return {"vocab_before": int(config.vocab_size), "vocab_after": len(kept), "params_before": int(before),
-            "params_after": int(after), "params_removed_pct": round(100.0 * (before - after) / before, 2)}
+    return {
+        "vocab_before": int(config.vocab_size),
+        "vocab_after": len(kept),
+        "params_before": int(before),
+        "params_after": int(after),
+        "params_removed_pct": round(100.0 * (before - after) / before, 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -110,7 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", required=True, nargs="+", help="text (.txt) or JSON / JSON-lines files")
     p.add_argument("--output_dir", required=True)
     args = p.parse_args(argv)
-    return run_main("prune_vocab", lambda: print(json.dumps(prune(args.model_name_or_path, args.corpus, args.output_dir))))
+    return run_main(
+        "prune_vocab", lambda: print(json.dumps(prune(args.model_name_or_path, args.corpus, args.output_dir)))
+    )
 
 
 if __name__ == "__main__":

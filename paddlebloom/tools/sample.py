@@ -6,6 +6,7 @@ Like bloom_tuning's sample_data.py, for files of millions of lines: the file is 
 line by line (count, then copy the chosen lines), never loaded whole. The sample is exact:
 round(ratio * singles) records, chosen uniformly with the seed.
 """
+
 import argparse
 import json
 import sys
@@ -41,7 +42,11 @@ def sample(input_path: str, output_path: str, ratio: float, seed: int = 0) -> di
     total_lines = sum(1 for _ in iter_text_lines(input_path))
     singles = sum(1 for _ in _single_turn_lines(input_path))
     k = int(round(ratio * singles))
-    chosen = np.sort(np.random.default_rng(seed).choice(singles, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+    chosen = (
+        np.sort(np.random.default_rng(seed).choice(singles, size=k, replace=False))
+        if k
+        else np.zeros(0, dtype=np.int64)
+    )
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as out:

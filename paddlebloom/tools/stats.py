@@ -1,7 +1,8 @@
 """Token-length distributions of prompts and responses: a PNG histogram and a percentile table.
 
-    python -m paddlebloom.tools.stats --model_name_or_path CKPT --input train.json --output_dir stats/
+python -m paddlebloom.tools.stats --model_name_or_path CKPT --input train.json --output_dir stats/
 """
+
 import argparse
 import json
 import os
@@ -44,7 +45,9 @@ def table(dist: dict) -> str:
 def plot(dist: dict, path: str, title: str) -> None:
     fig, axes = pyplot().subplots(1, len(dist), figsize=(5 * len(dist), 3.6), dpi=100)
     for ax, (part, values) in zip(np.atleast_1d(axes), dist.items()):
-        ax.hist(values, bins=min(60, max(5, len(np.unique(values)))), color="tab:blue" if part == "prompt" else "tab:orange")
+        ax.hist(
+            values, bins=min(60, max(5, len(np.unique(values)))), color="tab:blue" if part == "prompt" else "tab:orange"
+        )
         for p in (50, 95):
             ax.axvline(np.percentile(values, p), color="k", ls="--", lw=1)
             ax.text(np.percentile(values, p), ax.get_ylim()[1] * 0.9, f" p{p}", fontsize=8)
@@ -61,8 +64,14 @@ def stats(model_name_or_path: str, input_path: str, output_dir: str, template: s
     plot(dist, os.path.join(output_dir, "length_distribution.png"), os.path.basename(input_path))
     text = table(dist)
     write_file_atomic(os.path.join(output_dir, "length_table.md"), lambda tmp: open(tmp, "w").write(text + "\n"))
-    summary = {part: {f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES} | {"mean": float(v.mean()), "records": int(len(v))} for part, v in dist.items()}
-    write_file_atomic(os.path.join(output_dir, "length_stats.json"), lambda tmp: open(tmp, "w").write(json.dumps(summary, indent=2)))
+    summary = {
+        part: {f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES}
+        | {"mean": float(v.mean()), "records": int(len(v))}
+        for part, v in dist.items()
+    }
+    write_file_atomic(
+        os.path.join(output_dir, "length_stats.json"), lambda tmp: open(tmp, "w").write(json.dumps(summary, indent=2))
+    )
     return text
 
 

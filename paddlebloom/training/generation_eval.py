@@ -7,6 +7,7 @@ prompt up to the last answer, the last answer), so they are exactly what the eva
 scores, truncation included. The answers of the latest evaluation are written to
 OUTPUT_DIR/eval_generations.jsonl.
 """
+
 import json
 import os
 from typing import List, Optional, Tuple
@@ -15,8 +16,8 @@ import numpy as np
 
 from ..atomic import write_file_atomic
 from ..data.encode import IGNORE
-from ..evaluation.text_overlap import overlap_scores
 from ..engine import GenerationConfig
+from ..evaluation.text_overlap import overlap_scores
 from ..generation import forget_step_engine, generate_ids
 from ..runtime import parallel_context
 from .objective import TokenObjective
@@ -53,11 +54,19 @@ class GenerationEval(TokenObjective):
 
     def evaluate(self, model, examples, batch_size: int, pad_token_id: int) -> dict:
         result = super().evaluate(model, examples, batch_size, pad_token_id)
-        pairs = [p for p in (last_answer(ids, labels, self.tokenizer.eos_token_id) for ids, labels in examples) if p is not None]
+        pairs = [
+            p
+            for p in (last_answer(ids, labels, self.tokenizer.eos_token_id) for ids, labels in examples)
+            if p is not None
+        ]
         if not pairs:
             raise ValueError("--do_generation: the validation data has no prompts to answer (plain text only)")
-        config = GenerationConfig(max_new_tokens=self.args.tgt_length, min_new_tokens=self.args.min_tgt_length,
-                                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad_token_id)
+        config = GenerationConfig(
+            max_new_tokens=self.args.tgt_length,
+            min_new_tokens=self.args.min_tgt_length,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=pad_token_id,
+        )
         model.eval()
         forget_step_engine(model)  # a prefix being trained has changed since the last evaluation
         answers = []
@@ -72,7 +81,9 @@ class GenerationEval(TokenObjective):
         return {**result, **{f"eval_{k}": v for k, v in scores.items()}, "eval_generated": len(pairs)}
 
     def describe(self, result: dict) -> str:
-        return super().describe(result) + "".join(f" {k} {result['eval_' + k]:.4f}" for k in ("rouge1", "rouge2", "rougel"))
+        return super().describe(result) + "".join(
+            f" {k} {result['eval_' + k]:.4f}" for k in ("rouge1", "rouge2", "rougel")
+        )
 
     def _write(self, predictions, references, answers) -> None:
         os.makedirs(self.args.output_dir, exist_ok=True)
@@ -80,6 +91,9 @@ class GenerationEval(TokenObjective):
         def write(tmp):
             with open(tmp, "w", encoding="utf-8") as f:
                 for pred, ref, ids in zip(predictions, references, answers):
-                    f.write(json.dumps({"prediction": pred, "reference": ref, "new_tokens": len(ids)}, ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps({"prediction": pred, "reference": ref, "new_tokens": len(ids)}, ensure_ascii=False)
+                        + "\n"
+                    )
 
         write_file_atomic(os.path.join(self.args.output_dir, GENERATIONS_FILE), write)

@@ -4,6 +4,7 @@ The file is one flat JSON object whose keys are the script's flag names (aliases
 PaddleNLP's llm/config/*/*.json); it becomes the equivalent command line, and flags written after
 the file override it. A key the script does not have is an error naming the file, line and key.
 """
+
 import argparse
 import json
 from typing import List
@@ -37,7 +38,9 @@ def argv_from_json(path: str, parser: argparse.ArgumentParser) -> List[str]:
         if value is None:
             continue  # null: the flag's default
         if isinstance(value, dict) or (isinstance(value, list) and action.nargs not in ("+", "*")):
-            raise DataError(f"{where}: key '{key}' takes {'a list' if action.nargs in ('+', '*') else 'one value'}, got {json.dumps(value)[:60]}")
+            raise DataError(
+                f"{where}: key '{key}' takes {'a list' if action.nargs in ('+', '*') else 'one value'}, got {json.dumps(value)[:60]}"
+            )
         values = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)]
     return argv

@@ -3,6 +3,7 @@
 Other objectives (--do_generation's GenerationEval, paddlebloom.dpo's PreferenceObjective)
 subclass it and reuse the trainer's loop, checkpoints, resume and reports as they are.
 """
+
 import math
 
 import paddle
@@ -18,7 +19,9 @@ def evaluate(model, examples, batch_size: int, pad_token_id: int) -> dict:
     total, count = 0.0, 0.0
     with paddle.no_grad():
         for start in range(0, len(examples), batch_size):
-            ids, mask, labels = (paddle.to_tensor(a) for a in collate(examples[start : start + batch_size], pad_token_id))
+            ids, mask, labels = (
+                paddle.to_tensor(a) for a in collate(examples[start : start + batch_size], pad_token_id)
+            )
             out = model(ids, attention_mask=mask, labels=labels, return_logits=False)
             total += float(out.loss) * float(out.n_tokens)
             count += float(out.n_tokens)
@@ -38,7 +41,9 @@ class TokenObjective:
     title, loss_label = "fine-tuning", "loss (nats / token)"
 
     def load(self, files, tokenizer, template, args, show_progress: bool):
-        return load_examples(files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show_progress)
+        return load_examples(
+            files, tokenizer, template, args.src_length, args.tgt_length, args.data_format, show_progress
+        )
 
     def attach(self, model, args, config, model_dir: str) -> None:
         """Called once the trained model is built (an objective may need a reference model)."""
@@ -52,7 +57,9 @@ class TokenObjective:
 
     def loss(self, model, batch, args):
         ids, mask, labels = (paddle.to_tensor(a) for a in batch)
-        return model(ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False).loss
+        return model(
+            ids, attention_mask=mask, labels=labels, label_smoothing=args.label_smoothing, return_logits=False
+        ).loss
 
     def step_metrics(self) -> dict:
         """Metrics of the step just taken, beyond loss, learning rate and gradient norm."""

@@ -1,4 +1,5 @@
 """AdamW, the learning-rate schedule, gradient sync and tensor-parallel-aware clipping, mixed precision."""
+
 import math
 
 import numpy as np
@@ -34,7 +35,9 @@ def lr_lambda(kind: str, warmup: int, total: int):
 
 def build_optimizer(model, args, total_steps: int):
     warmup = args.warmup_steps or int(math.ceil(args.warmup_ratio * total_steps))
-    schedule = paddle.optimizer.lr.LambdaDecay(args.learning_rate, lr_lambda(args.lr_scheduler_type, warmup, total_steps))
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        args.learning_rate, lr_lambda(args.lr_scheduler_type, warmup, total_steps)
+    )
     named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
     if not named:
         raise ValueError("nothing to train: every parameter is frozen")
@@ -146,7 +149,9 @@ def check_precision(args) -> None:
     """float16/bfloat16 training needs a GPU here: refuse clearly rather than fall back silently."""
     if (args.fp16 or args.bf16) and device_for_backend() == "cpu":
         which = "--fp16" if args.fp16 else "--bf16"
-        raise ValueError(f"{which} needs a GPU: Paddle has no float16/bfloat16 training kernels for CPU matmul; drop {which} to train in float32 on this machine")
+        raise ValueError(
+            f"{which} needs a GPU: Paddle has no float16/bfloat16 training kernels for CPU matmul; drop {which} to train in float32 on this machine"
+        )
 
 
 def autocast(args):

@@ -18,11 +18,14 @@ What fleet runs over gloo on CPU (paddle 3.3.1, measured):
 - stage 2 / stage 3 (paddle.distributed.sharding.group_sharded_parallel) assert a
   gpu/xpu/custom device, and their optimizer a CUDA or XPU build.
 """
+
 import numpy as np
 import paddle
 import paddle.distributed as dist
 from paddle.distributed import fleet
-from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import DygraphShardingOptimizer
+from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import (
+    DygraphShardingOptimizer,
+)
 
 from ..runtime import device_for_backend, parallel_context, world_size
 from .arguments import parse_sharding
@@ -43,7 +46,9 @@ def resolve_sharding_degree(args) -> int:
                 f"--sharding {stage} needs a GPU: Paddle 3.3.1 runs it in group_sharded_parallel, which supports only "
                 "gpu, xpu and custom devices; on CPU use --sharding stage1 (optimizer-state sharding, fleet's DygraphShardingOptimizer)"
             )
-        raise ValueError(f"--sharding {stage} (group_sharded_parallel) is not wired into this trainer yet; use --sharding stage1")
+        raise ValueError(
+            f"--sharding {stage} (group_sharded_parallel) is not wired into this trainer yet; use --sharding stage1"
+        )
     if offload:
         raise ValueError('--sharding "stage1 offload": offload applies to stage2/stage3 only (as in PaddleNLP)')
     degree = getattr(args, "sharding_parallel_degree", -1)
@@ -61,7 +66,9 @@ def shard_optimizer_state(optimizer):
 
 def _require_sharded(optimizer):
     if not hasattr(optimizer, "reduce_gradients"):
-        raise RuntimeError("sharding is on: gradient sync and clipping need the fleet-sharded optimizer from build_optimizer")
+        raise RuntimeError(
+            "sharding is on: gradient sync and clipping need the fleet-sharded optimizer from build_optimizer"
+        )
     return optimizer
 
 

@@ -6,6 +6,7 @@ optimizer.tpXX.pdopt; under sharding merged over the sharding group, so it loads
 sharding degree) and trainer_state.json. Data order, learning rate and dropout seeds are
 functions of the step number, so these files are all a resumed run needs to continue exactly.
 """
+
 import json
 import os
 import re
@@ -77,7 +78,16 @@ def save_training_checkpoint(model, optimizer, output_dir: str, step: int, state
         for rank, opt in enumerate(opt_states[: ctx.tp_degree]):
             paddle.save(opt, os.path.join(tmp, optimizer_file(rank, ctx.tp_degree)))
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({**state, "global_step": step, "tensor_parallel_degree": ctx.tp_degree, "sharding_parallel_degree": ctx.sharding_degree}, f, indent=2)
+            json.dump(
+                {
+                    **state,
+                    "global_step": step,
+                    "tensor_parallel_degree": ctx.tp_degree,
+                    "sharding_parallel_degree": ctx.sharding_degree,
+                },
+                f,
+                indent=2,
+            )
 
     adapter_of(model).save(model, directory, extra)
     if ctx.is_main and save_total_limit > 0:
@@ -110,7 +120,9 @@ def _resplit_over_tensor_parallel(parts, directory: str, model) -> dict:
     moments are merged and split like their parameters, beta powers are the same on every rank."""
     ctx = model.parallel
     if not all("/" in k for k in parts[0] if isinstance(parts[0][k], np.ndarray)):
-        raise ValueError(f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; resume at that degree")
+        raise ValueError(
+            f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; resume at that degree"
+        )
     axes = {path: split_axis(param) for path, param in model.named_parameters()}
     out = {}
     for key, value in parts[0].items():

@@ -3,6 +3,7 @@
 Everything that can be wrong with the input (flags, data, model directory, parallel layout) is
 checked before the output directory is touched, so a failed start leaves nothing behind.
 """
+
 import math
 import os
 import shutil
@@ -26,7 +27,14 @@ from ..runtime import ParallelContext, init_parallel, parallel_context, quiet, u
 from ..tokenizer import BloomTokenizer
 from .generation_eval import GenerationEval
 from .objective import TokenObjective, sum_over_data_parallel
-from .optim import autocast, build_optimizer, check_precision, clip_gradients, grad_scaler, sum_gradients_over_data_parallel
+from .optim import (
+    autocast,
+    build_optimizer,
+    check_precision,
+    clip_gradients,
+    grad_scaler,
+    sum_gradients_over_data_parallel,
+)
 from .report import plot_loss_curve, write_metrics
 from .sharding import optimizer_state_bytes_per_rank, resolve_sharding_degree
 from .state import newest_checkpoint, remove_stale_temporaries, restore_training_checkpoint, save_training_checkpoint
@@ -43,15 +51,27 @@ def choose_adapter(args, model_dir: str):
     if args.lora:
         if args.lora_path:
             return LoRA.from_directory(args.lora_path), args.lora_path
-        return LoRA(LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                               target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
-                               merge_weights=args.merge_weights, base_model_name_or_path=args.model_name_or_path)), None
+        return LoRA(
+            LoRAConfig(
+                r=args.r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=LoRAConfig.parse_targets(args.lora_target_modules),
+                merge_weights=args.merge_weights,
+                base_model_name_or_path=args.model_name_or_path,
+            )
+        ), None
     if args.prefix:
         if args.prefix_path:
             return Prefix.from_directory(args.prefix_path), args.prefix_path
-        return Prefix(PrefixConfig(num_prefix_tokens=args.num_prefix_tokens, prefix_projection=args.prefix_projection,
-                                   prefix_projection_hidden_size=args.prefix_projection_hidden_size,
-                                   base_model_name_or_path=args.model_name_or_path)), None
+        return Prefix(
+            PrefixConfig(
+                num_prefix_tokens=args.num_prefix_tokens,
+                prefix_projection=args.prefix_projection,
+                prefix_projection_hidden_size=args.prefix_projection_hidden_size,
+                base_model_name_or_path=args.model_name_or_path,
+            )
+        ), None
     return FullTuning(tokenizer_dir=model_dir, shards=args.save_shards), None
 
 
@@ -130,20 +150,34 @@ def run(args, objective=None) -> dict:
     model = build_model(args, config, model_dir, ctx)
     kind = adapter_of(model).name
     objective.attach(model, args, config, model_dir)
-    metrics = {"kind": kind, "tensor_parallel_degree": ctx.tp_degree, "train_history": [], "eval_history": [],
-               "data_parallel_degree": ctx.dp_degree, "sharding_parallel_degree": ctx.sharding_degree}
+    metrics = {
+        "kind": kind,
+        "tensor_parallel_degree": ctx.tp_degree,
+        "train_history": [],
+        "eval_history": [],
+        "data_parallel_degree": ctx.dp_degree,
+        "sharding_parallel_degree": ctx.sharding_degree,
+    }
     if args.do_train:
         metrics.update(train(args, model, train_set, eval_set, tokenizer.pad_token_id, objective))
         if args.lora and args.merge_weights:  # LoRA's flag: also the base model with the adapter folded in
             adapter_of(model).save_merged(model, os.path.join(args.output_dir, "merged_model"), model_dir)
     if args.do_eval:
-        metrics["final_eval"] = objective.evaluate(model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id)
+        metrics["final_eval"] = objective.evaluate(
+            model, eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id
+        )
         log(objective.describe(metrics["final_eval"]))
     if ctx.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         write_metrics(args.output_dir, metrics)
         if metrics["train_history"]:
-            plot_loss_curve(args.output_dir, metrics["train_history"], metrics["eval_history"], f"{kind} {objective.title}, TP={ctx.tp_degree}", objective.loss_label)
+            plot_loss_curve(
+                args.output_dir,
+                metrics["train_history"],
+                metrics["eval_history"],
+                f"{kind} {objective.title}, TP={ctx.tp_degree}",
+                objective.loss_label,
+            )
             objective.report(args.output_dir, metrics, f"{kind} {objective.title}, TP={ctx.tp_degree}")
     return metrics
 
@@ -152,8 +186,17 @@ def train(args, model, train_set, eval_set, pad_token_id: int, objective=None) -
     """The optimizer steps; checkpoints and the final model are written by the model's adapter."""
     objective = objective or TokenObjective()
     ctx, adapter = model.parallel, adapter_of(model)
-    plan = BatchPlan(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps, ctx.data_degree, ctx.data_rank, args.seed)
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
+    plan = BatchPlan(
+        len(train_set),
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        ctx.data_degree,
+        ctx.data_rank,
+        args.seed,
+    )
+    total_steps = (
+        args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * plan.steps_per_epoch))
+    )
     optimizer, schedule, named = build_optimizer(model, args, total_steps)
     scaler = grad_scaler(args)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -166,10 +209,18 @@ def train(args, model, train_set, eval_set, pad_token_id: int, objective=None) -
         schedule.step(start)
         log(f"resumed from {resume} at step {start}")
     model.train()
-    bar = tqdm(total=total_steps, initial=start, desc=f"{adapter.name} TP={ctx.tp_degree}", disable=not ctx.is_main or args.disable_tqdm, file=sys.stderr)
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc=f"{adapter.name} TP={ctx.tp_degree}",
+        disable=not ctx.is_main or args.disable_tqdm,
+        file=sys.stderr,
+    )
     for step in range(start, total_steps):
         paddle.seed(args.seed * 100003 + step)  # dropout depends on the step only: exact resume
-        batches = [objective.collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)]
+        batches = [
+            objective.collate([train_set[i] for i in indices], pad_token_id) for indices in plan.micro_batches(step)
+        ]
         loss, norm, lr = train_step(model, optimizer, named, batches, args, scaler, objective)
         schedule.step()
         extra = objective.step_metrics()
@@ -178,7 +229,10 @@ def train(args, model, train_set, eval_set, pad_token_id: int, objective=None) -
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (step + 1) % max(1, args.logging_steps) == 0 or step == start:
-            log(f"step {step + 1}/{total_steps} loss {record['loss']:.6f} lr {lr:.3e} grad_norm {norm:.4f}" + "".join(f" {k} {v:.4f}" for k, v in extra.items()))
+            log(
+                f"step {step + 1}/{total_steps} loss {record['loss']:.6f} lr {lr:.3e} grad_norm {norm:.4f}"
+                + "".join(f" {k} {v:.4f}" for k, v in extra.items())
+            )
         if eval_set and args.eval_steps and (step + 1) % args.eval_steps == 0:
             result = objective.evaluate(model, eval_set, args.per_device_eval_batch_size, pad_token_id)
             eval_history.append({"step": step + 1, **result})
@@ -193,4 +247,9 @@ def train(args, model, train_set, eval_set, pad_token_id: int, objective=None) -
     log(f"done: {len(history)} steps, loss {first} -> {last}; model in {args.output_dir}")
     state_bytes = optimizer_state_bytes_per_rank(optimizer)
     log(f"optimizer state per rank: {state_bytes} bytes (sharding degree {ctx.sharding_degree})")
-    return {"train_history": history, "eval_history": eval_history, "total_steps": total_steps, "optimizer_state_bytes_per_rank": state_bytes}
+    return {
+        "train_history": history,
+        "eval_history": eval_history,
+        "total_steps": total_steps,
+        "optimizer_state_bytes_per_rank": state_bytes,
+    }

@@ -1,5 +1,6 @@
 """Runs in .venv-hf: build a random Hugging Face BLOOM, save it (sharded safetensors), and
 write its logits on a left-padded batch — the independent reference for convert_hf."""
+
 import json
 import shutil
 import sys

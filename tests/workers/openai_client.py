@@ -5,6 +5,7 @@
 One JSON line out: per call {"body": ...} (non-streamed), {"chunks": [...]} (streamed) or
 {"error": {"class", "status", "message"}}; the test checks them against the dynamic model.
 """
+
 import json
 import sys
 

@@ -1,5 +1,6 @@
 """Sampling at the launched TP degree (test worker): unseeded, every rank must draw the same
 tokens; seeded, the tokens must equal a single process's. Rank 0 writes OUT as JSON."""
+
 import json
 import sys
 
@@ -25,4 +26,6 @@ config.seed = 11
 seeded = generate_ids(model, prompts, config)
 if parallel_context().is_main:
     with open(out_file, "w") as f:
-        json.dump({"ranks_agree": all(r.numpy().tolist() == flat.numpy().tolist() for r in every_rank), "seeded": seeded}, f)
+        json.dump(
+            {"ranks_agree": all(r.numpy().tolist() == flat.numpy().tolist() for r in every_rank), "seeded": seeded}, f
+        )

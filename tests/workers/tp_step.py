@@ -3,6 +3,7 @@
 Writes loss.json, the merged checkpoint after the step (merged/), and before the step the
 per-rank shards (shards/) so the test can check the split/merge round trip.
 """
+
 import argparse
 import json
 import os

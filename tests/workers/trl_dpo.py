@@ -6,6 +6,7 @@ tokenises them itself), a JSON list of settings (beta, loss_type, label_smoothin
 prefix (PREFIX.N.npz per setting). Both models in float64; gradients come back under our names
 (Linear weights [in, out]).
 """
+
 import json
 import sys
 import tempfile
@@ -25,17 +26,36 @@ for n, settings in enumerate(json.loads(settings_list)):
     policy = BloomForCausalLM.from_pretrained(policy_dir, torch_dtype=torch.float64)
     reference = BloomForCausalLM.from_pretrained(ref_dir, torch_dtype=torch.float64)
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(output_dir=tmp, report_to="none", use_cpu=True, beta=settings["beta"], loss_type=settings["loss_type"],
-                           label_smoothing=settings["label_smoothing"], max_length=None, max_prompt_length=None, max_completion_length=None)
-        trainer = DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])  # the pairs in order, one batch
+        config = DPOConfig(
+            output_dir=tmp,
+            report_to="none",
+            use_cpu=True,
+            beta=settings["beta"],
+            loss_type=settings["loss_type"],
+            label_smoothing=settings["label_smoothing"],
+            max_length=None,
+            max_prompt_length=None,
+            max_completion_length=None,
+        )
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=config,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
+        )
+        batch = trainer.data_collator(
+            [trainer.train_dataset[i] for i in range(len(pairs))]
+        )  # the pairs in order, one batch
         loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
         loss.backward()
     grads = {}
     for name, p in policy.named_parameters():
-        ours = "bloom." + name[len("transformer."):]
+        ours = "bloom." + name[len("transformer.") :]
         g = p.grad.numpy()
         grads["grad:" + ours] = g.T if ours.endswith(linears) else g
-    tokens = {"tokens:" + key: batch[key].numpy() for key in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")}
+    tokens = {
+        "tokens:" + key: batch[key].numpy() for key in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+    }
     np.savez(f"{out_prefix}.{n}.npz", loss=float(loss), metrics=json.dumps(metrics), **grads, **tokens)
     print(json.dumps({"loss": float(loss), **metrics}))
