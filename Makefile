@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 HF_PY    := .venv-hf/bin/python
 HF_STAMP := .venv-hf/.installed
 
-.PHONY: install test demo bench hf-venv clean export-model deploy
+.PHONY: install test lint demo bench hf-venv clean export-model deploy
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv .venv
@@ -35,8 +35,13 @@ bench: $(STAMP) $(HF_STAMP)
 	$(PY) bench/write_report.py
 	@cat BENCHMARKS.md
 
-test: $(STAMP) $(HF_STAMP) browser
+test: $(STAMP) $(HF_STAMP) browser lint
 	$(PY) -m pytest -q tests --durations=15
+
+# ruff.toml: pycodestyle, pyflakes and import order at line length 120; `ruff format` keeps the layout.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)

@@ -12,8 +12,8 @@ SHAPES = {
 
 
 def params(shape: dict) -> int:
-    h, l, v = shape["hidden"], shape["layers"], shape["vocab"]
-    return v * h + l * (12 * h * h + 13 * h) + 4 * h  # tied LM head; LayerNorms and biases
+    h, layers, v = shape["hidden"], shape["layers"], shape["vocab"]
+    return v * h + layers * (12 * h * h + 13 * h) + 4 * h  # tied LM head; LayerNorms and biases
 
 
 def train_flops_per_token(shape: dict, method: str) -> float:

@@ -31,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def one_line(text: str) -> str:
     """The line of a traceback or log that says what went wrong (the last non-empty one)."""
-    lines = [l.strip() for l in (text or "").strip().splitlines() if l.strip()]
+    lines = [s.strip() for s in (text or "").strip().splitlines() if s.strip()]
     return lines[-1][:300] if lines else "no output"
 
 

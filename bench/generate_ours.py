@@ -1,6 +1,7 @@
 """One generation measurement of ours, printed as one JSON line (run by bench/run_generate_bench.py).
 
-    python bench/generate_ours.py --mode static|dynamic --model_dir DIR --batch 1 --new_tokens 64 [--enable_mkldnn] [--precision fp32|bf16|int8]
+    python bench/generate_ours.py --mode static|dynamic --model_dir DIR --batch 1 --new_tokens 64 \\
+        [--enable_mkldnn] [--precision fp32|bf16|int8]
 
 EOS is disabled so every run produces exactly --new_tokens tokens per row (as the HF side does).
 Both modes run with paddlebloom.deploy's MKL set-up (AVX2 kernels on AMD CPUs).

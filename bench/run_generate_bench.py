@@ -121,7 +121,7 @@ def run_worker(python: str, script: str, args, threads: int, timeout: float) -> 
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(one_line(proc.stderr) if proc.stderr.strip() else f"exit {proc.returncode}")
-    lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
+    lines = [s for s in proc.stdout.strip().splitlines() if s.startswith("{")]
     if not lines:
         raise RuntimeError(f"no result line: {one_line(proc.stdout + proc.stderr)}")
     # Cores other processes kept busy while this worker ran (whole run, loading included).

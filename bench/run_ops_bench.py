@@ -122,7 +122,8 @@ def run(args):
     t, _ = timed(lambda w: m.weight_only_linear_int8(x1, w, s1, None), [w1], min_calls=2000)
     print(f"dispatch: one call on a 64x64 int8 weight takes {t * 1e6:.1f} us (dygraph overhead)")
     print(
-        f"{'shape':8} {'K':>5} {'N':>6} {'M':>2} {'thr':>3} {'format':6} {'us/call':>9} {'GB/s':>6} {'%bw':>5} {'busy':>5}"
+        f"{'shape':8} {'K':>5} {'N':>6} {'M':>2} {'thr':>3} {'format':6} {'us/call':>9} {'GB/s':>6} {'%bw':>5} "
+        f"{'busy':>5}"
     )
     for name, K, N in SHAPES:
         if args.shapes and name not in args.shapes:
@@ -164,7 +165,8 @@ def run(args):
                     )
                     rows.append(row)
                     print(
-                        f"{name:8} {K:5} {N:6} {M:2} {nt:3} {fmt:6} {t * 1e6:9.0f} {gbs:6.1f} {row['pct_bw']:5.0f} {busy:5.2f}",
+                        f"{name:8} {K:5} {N:6} {M:2} {nt:3} {fmt:6} {t * 1e6:9.0f} {gbs:6.1f} {row['pct_bw']:5.0f} "
+                        f"{busy:5.2f}",
                         flush=True,
                     )
             del pool

@@ -106,7 +106,8 @@ def markdown(data: dict) -> str:
         d = data["allreduce"]
         lines += [
             "",
-            f"Data-parallel gradient sum, DP=2, shape (a) ({params(SHAPES['a']) / 1e6:.1f}M parameters, {d['tokens_per_rank']} tokens per rank), "
+            f"Data-parallel gradient sum, DP=2, shape (a) ({params(SHAPES['a']) / 1e6:.1f}M parameters, "
+            f"{d['tokens_per_rank']} tokens per rank), "
             f"median of {d['rows']['bucketed']['runs']} runs x {data['steps']} steps:",
             "",
             "| gradient all-reduce | collectives per step | gradient sum | whole step |",
@@ -115,18 +116,22 @@ def markdown(data: dict) -> str:
         for mode in ("per_parameter", "bucketed"):
             r = d["rows"][mode]
             lines.append(
-                f"| {mode.replace('_', ' ')} | {r['collectives_per_step']} | {r['sync_s'] * 1000:.0f} ms | {r['step_s']:.2f} s |"
+                f"| {mode.replace('_', ' ')} | {r['collectives_per_step']} | {r['sync_s'] * 1000:.0f} ms | "
+                f"{r['step_s']:.2f} s |"
             )
         lines += [
             "",
-            f"Buckets vs per parameter: gradient sum **{d['sync_ratio']:.2f}x** as fast, whole step {d['step_ratio']:.2f}x. "
-            "The gradient sum is timed after a barrier (communication only; without it, rank 0 also waits for the other rank's backward). "
+            f"Buckets vs per parameter: gradient sum **{d['sync_ratio']:.2f}x** as fast, whole step "
+            f"{d['step_ratio']:.2f}x. "
+            "The gradient sum is timed after a barrier (communication only; without it, rank 0 also waits for the "
+            "other rank's backward). "
             "Gloo runs each collective to completion inside the call, so neither overlaps backward here.",
         ]
     if data.get("memory"):
         lines += [
             "",
-            f"Full fine-tuning memory per rank, bloom-560m shape ({params(SHAPES['b']) / 1e6:.0f}M parameters), 1 x {data['memory_seq']} tokens, one step:",
+            f"Full fine-tuning memory per rank, bloom-560m shape ({params(SHAPES['b']) / 1e6:.0f}M parameters), 1 x "
+            f"{data['memory_seq']} tokens, one step:",
             "",
             "| run | optimizer state per rank | peak RSS per rank |",
             "|---|---|---|",
@@ -141,7 +146,8 @@ def markdown(data: dict) -> str:
         lines += [
             "",
             "A data-parallel rank without sharding holds what one process holds (plus one 32 MB gradient bucket). "
-            "Stage 1 shards only the Adam state (fleet splits whole tensors, so the halves differ by up to one tensor's state); "
+            "Stage 1 shards only the Adam state (fleet splits whole tensors, so the halves differ by up to one "
+            "tensor's state); "
             "stage 2/3 (gradients, parameters) need a GPU in Paddle 3.3.1. bench/run_scale_bench.py.",
         ]
     return "\n".join(lines)

@@ -278,7 +278,8 @@ def main() -> None:
     print(f"batching raises tokens/s {speedup:.2f}x over sequential serving at {top} clients")
     for q in out["long_vs_short"]:
         print(
-            f"{q['max_tokens']}-token answers at {q['clients']} clients: {q['ratio']:.2f}x the tokens/s of {short}-token answers"
+            f"{q['max_tokens']}-token answers at {q['clients']} clients: {q['ratio']:.2f}x the tokens/s of "
+            f"{short}-token answers"
         )
 
 

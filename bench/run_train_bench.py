@@ -26,8 +26,11 @@ OURS = os.path.join(ROOT, ".venv", "bin", "python")
 PEER = os.path.join(ROOT, ".venv-hf", "bin", "python")
 
 MATMUL_PEAK = {
-    OURS: "import time,paddle; paddle.base.core.set_num_threads({t}); a=paddle.randn([2048,2048]); b=paddle.randn([2048,2048]); [paddle.matmul(a,b) for _ in range(2)]; s=time.time(); [paddle.matmul(a,b) for _ in range(10)]; paddle.matmul(a,b).numpy(); print(2*2048**3*10/(time.time()-s)/1e9)",
-    PEER: "import time,torch; torch.set_num_threads({t}); a=torch.randn(2048,2048); b=torch.randn(2048,2048); [a@b for _ in range(2)]; s=time.time(); [a@b for _ in range(10)]; print(2*2048**3*10/(time.time()-s)/1e9)",
+    OURS: "import time,paddle; paddle.base.core.set_num_threads({t}); a=paddle.randn([2048,2048]); "
+    "b=paddle.randn([2048,2048]); [paddle.matmul(a,b) for _ in range(2)]; s=time.time(); "
+    "[paddle.matmul(a,b) for _ in range(10)]; paddle.matmul(a,b).numpy(); print(2*2048**3*10/(time.time()-s)/1e9)",
+    PEER: "import time,torch; torch.set_num_threads({t}); a=torch.randn(2048,2048); b=torch.randn(2048,2048); "
+    "[a@b for _ in range(2)]; s=time.time(); [a@b for _ in range(10)]; print(2*2048**3*10/(time.time()-s)/1e9)",
 }
 
 

@@ -17,9 +17,11 @@ def training_section(data: dict) -> str:
         "## Training speed (fp32, CPU)",
         "",
         f"Machine: {m['cores']} cores; measured fp32 matmul peak 2048²: paddle {m['paddle_fp32_gflops']:.0f} GFLOP/s, "
-        f"torch {m['torch_fp32_gflops']:.0f} GFLOP/s. MFU = tokens/s x training FLOPs per token / the higher of the two.",
+        f"torch {m['torch_fp32_gflops']:.0f} GFLOP/s. MFU = tokens/s x training FLOPs per token / the higher of the "
+        "two.",
         "",
-        "| shape | method | paddlebloom tok/s | HF+peft tok/s | ratio | paddlebloom MFU | HF MFU | paddlebloom peak RSS | HF peak RSS |",
+        "| shape | method | paddlebloom tok/s | HF+peft tok/s | ratio | paddlebloom MFU | HF MFU | paddlebloom peak "
+        "RSS | HF peak RSS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = {(r["shape"], r["method"], r["system"]): r for r in data["rows"]}
@@ -29,8 +31,10 @@ def training_section(data: dict) -> str:
             if not ours or not peer:
                 continue
             lines.append(
-                f"| {shape} | {method} | {ours['tokens_per_s']:.1f} | {peer['tokens_per_s']:.1f} | **{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x** | "
-                f"{100 * ours['mfu']:.0f}% | {100 * peer['mfu']:.0f}% | {ours['peak_rss_mb']:.0f} MB | {peer['peak_rss_mb']:.0f} MB |"
+                f"| {shape} | {method} | {ours['tokens_per_s']:.1f} | {peer['tokens_per_s']:.1f} | "
+                f"**{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x** | "
+                f"{100 * ours['mfu']:.0f}% | {100 * peer['mfu']:.0f}% | {ours['peak_rss_mb']:.0f} MB | "
+                f"{peer['peak_rss_mb']:.0f} MB |"
             )
     lines += [
         "",
@@ -67,7 +71,8 @@ def _machine_line(m: dict) -> str:
         f"Machine, measured in this run: {m.get('cpu', 'unknown CPU')}, {m['cores']} cores; flags {have}"
         + (f" (no {lacks})" if lacks else "")
         + "; "
-        f"memory read bandwidth **{m['bandwidth_gbs']:.1f} GB/s** ({m.get('bandwidth_method', 'constant')}){moved}; fp32 matmul peak {peak}; "
+        f"memory read bandwidth **{m['bandwidth_gbs']:.1f} GB/s** ({m.get('bandwidth_method', 'constant')}){moved}; "
+        f"fp32 matmul peak {peak}; "
         f"load average {m['load_before']:.2f} before, {m['load_after']:.2f} after."
     )
 
@@ -78,22 +83,28 @@ def generation_section(data: dict) -> str:
     lines = [
         "## Decoding speed (greedy, bloom-560m shape, CPU)",
         "",
-        f"{n / 1e6:.0f}M parameters (random weights, one checkpoint for every system), {data.get('prompt_tokens', 32)}-token prompts, "
-        f"{data['new_tokens']} new tokens per row (EOS off), {data['threads']} math thread(s) per system, median of {data.get('rounds', 1)} fresh-process run(s).",
+        f"{n / 1e6:.0f}M parameters (random weights, one checkpoint for every system), "
+        f"{data.get('prompt_tokens', 32)}-token prompts, "
+        f"{data['new_tokens']} new tokens per row (EOS off), {data['threads']} math thread(s) per system, median of "
+        f"{data.get('rounds', 1)} fresh-process run(s).",
         "",
         _machine_line(m),
         "",
-        f"Each decode step streams every weight once, so tokens/s per row cannot exceed bandwidth / (bytes per weight x parameters): "
-        f"here {bw * 1e9 / (4 * n):.1f} (fp32), {bw * 1e9 / (2 * n):.1f} (bf16), {bw * 1e9 / n:.1f} (int8) tok/s at batch 1. "
+        "Each decode step streams every weight once, so tokens/s per row cannot exceed bandwidth / (bytes per weight "
+        "x parameters): "
+        f"here {bw * 1e9 / (4 * n):.1f} (fp32), {bw * 1e9 / (2 * n):.1f} (bf16), {bw * 1e9 / n:.1f} (int8) tok/s at "
+        "batch 1. "
         f"'Share' is the weight-read rate a system reached as a fraction of that limit.",
         "",
-        "| system | batch | tok/s | bytes/weight | weight reads GB/s | share of bandwidth | MFU | peak RSS | first tokens | check |",
+        "| system | batch | tok/s | bytes/weight | weight reads GB/s | share of bandwidth | MFU | peak RSS | first "
+        "tokens | check |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         if not r.get("tokens_per_s"):
             lines.append(
-                f"| {r['system']} | {r['batch']} | {r.get('error') or 'failed'} | {r.get('bytes_per_weight', '-')} | - | - | - | - | - | - |"
+                f"| {r['system']} | {r['batch']} | {r.get('error') or 'failed'} | {r.get('bytes_per_weight', '-')} | - "
+                "| - | - | - | - | - |"
             )
             continue
         share = r.get("bandwidth_share", r.get("bandwidth_use"))
@@ -105,7 +116,8 @@ def generation_section(data: dict) -> str:
         busy = f" (other processes: {r['foreign_cores']:.1f} cores)" if r.get("foreign_cores", 0) > 0.3 else ""
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         lines.append(
-            f"| {r['system']}{busy} | {r['batch']} | {r['tokens_per_s']:.2f} | {r.get('bytes_per_weight', 4)} | {r['weight_read_gbs']:.1f} | {100 * share:.0f}% | {mfu} | "
+            f"| {r['system']}{busy} | {r['batch']} | {r['tokens_per_s']:.2f} | {r.get('bytes_per_weight', 4)} | "
+            f"{r['weight_read_gbs']:.1f} | {100 * share:.0f}% | {mfu} | "
             f"{r['peak_rss_mb']:.0f} MB | {' '.join(str(t) for t in r['first_tokens'][:4])} | {check} |"
         )
     if data.get("ratios"):
@@ -124,8 +136,10 @@ def generation_section(data: dict) -> str:
         "",
         "Peers: HF transformers `generate` on torch CPU (fp32; bf16 = weights cast at load), CTranslate2 `Generator` "
         "(converted with `ct2-transformers-converter`, inter_threads=1; on CPU its int8 runs as int8_float32). "
-        "'check' compares each system's first greedy tokens (every row) with ours fp32; on this random model they are a weak check "
-        "(the model repeats one token), so 'same' rules out a wrong model, not small numeric differences. bench/run_generate_bench.py.",
+        "'check' compares each system's first greedy tokens (every row) with ours fp32; on this random model they are "
+        "a weak check "
+        "(the model repeats one token), so 'same' rules out a wrong model, not small numeric differences. "
+        "bench/run_generate_bench.py.",
     ]
     return "\n".join(lines)
 
@@ -136,10 +150,13 @@ def serving_section(data: dict, baseline: dict = None) -> str:
     lines = [
         "## Serving (deploy/serve.py, greedy completions over loopback HTTP)",
         "",
-        f"Random BLOOM H{model['hidden']} / {model['layers']} layers / vocab {model['vocab']}, answers of {' and '.join(map(str, lengths))} new tokens, "
-        f"{data['chunk_tokens']} token(s) per streamed event; {m['cores']} cores ({m['cpu']}), load average {m['load_before']:.1f} before, {m['load_after']:.1f} after.",
+        f"Random BLOOM H{model['hidden']} / {model['layers']} layers / vocab {model['vocab']}, answers of "
+        f"{' and '.join(map(str, lengths))} new tokens, "
+        f"{data['chunk_tokens']} token(s) per streamed event; {m['cores']} cores ({m['cpu']}), load average "
+        f"{m['load_before']:.1f} before, {m['load_after']:.1f} after.",
         "",
-        "| server | answer tokens | clients | requests | requests/s | tokens/s | mean latency | latency per token | mean batch |",
+        "| server | answer tokens | clients | requests | requests/s | tokens/s | mean latency | latency per token | "
+        "mean batch |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in ("batched", "sequential"):
@@ -148,18 +165,21 @@ def serving_section(data: dict, baseline: dict = None) -> str:
             busy = f" (other processes: {r['foreign_cores']:.1f} cores)" if r.get("foreign_cores", 0) > 0.3 else ""
             latency = f"{r['mean_latency_s']:.2f} s" if r.get("mean_latency_s") is not None else "-"
             lines.append(
-                f"| {mode} (max batch {r['max_batch_size']}){busy} | {r.get('max_tokens', lengths[0])} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+                f"| {mode} (max batch {r['max_batch_size']}){busy} | {r.get('max_tokens', lengths[0])} | "
+                f"{r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
                 f"{r['tokens_per_s']:.0f} | {latency} | {per_token} | {r['mean_batch']:.1f} |"
             )
     lines += [
         "",
-        f"Dynamic batching serves **{data['batching_speedup_at_max_clients']:.1f}x** the tokens/s of one-request-at-a-time serving "
-        f"at {max(r['clients'] for r in data['batched'] if r.get('max_tokens', lengths[0]) == lengths[0])} clients ({lengths[0]}-token answers).",
+        f"Dynamic batching serves **{data['batching_speedup_at_max_clients']:.1f}x** the tokens/s of "
+        "one-request-at-a-time serving "
+        f"at {max(r['clients'] for r in data['batched'] if r.get('max_tokens', lengths[0]) == lengths[0])} clients "
+        f"({lengths[0]}-token answers).",
     ]
     for q in data.get("long_vs_short", []):
         lines.append(
-            f"{q['max_tokens']}-token answers at {q['clients']} clients: **{q['ratio']:.2f}x** the tokens/s of {lengths[0]}-token answers"
-            + (" (goal: >= 1.0x, no slower per token)." if q["clients"] == 16 else ".")
+            f"{q['max_tokens']}-token answers at {q['clients']} clients: **{q['ratio']:.2f}x** the tokens/s of "
+            f"{lengths[0]}-token answers" + (" (goal: >= 1.0x, no slower per token)." if q["clients"] == 16 else ".")
         )
     if baseline:
         then = {(r.get("max_tokens"), r["clients"]): r for r in baseline["batched"]}
@@ -172,7 +192,8 @@ def serving_section(data: dict, baseline: dict = None) -> str:
                     else f"measured on {baseline['machine']['cpu']}"
                 )
                 lines.append(
-                    f"{r['max_tokens']}-token answers at {r['clients']} clients: **{r['tokens_per_s'] / old['tokens_per_s']:.2f}x** the tokens/s of "
+                    f"{r['max_tokens']}-token answers at {r['clients']} clients: "
+                    f"**{r['tokens_per_s'] / old['tokens_per_s']:.2f}x** the tokens/s of "
                     f"the baseline ({old['tokens_per_s']:.0f} tok/s at {baseline.get('commit', '?')}, {same})"
                     + (" (goal: >= 3x)." if r["clients"] == 16 else ".")
                 )
@@ -184,7 +205,8 @@ def main() -> None:
     sections = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (bench/write_report.py) from bench/results/; numbers are from the last run on this machine.",
+        "Written by `make bench` (bench/write_report.py) from bench/results/; numbers are from the last run on this "
+        "machine.",
     ]
     path = os.path.join(RESULTS, "train.json")
     if os.path.isfile(path):

@@ -1,6 +1,7 @@
 """Preference-tune BLOOM with DPO / IPO (full, tensor-parallel, LoRA), on the fine-tuning trainer.
 
-python finetune/dpo.py --model_name_or_path DIR --train_file pairs.jsonl --output_dir out [--lora] [--beta 0.1 --loss_type sigmoid|ipo]
+python finetune/dpo.py --model_name_or_path DIR --train_file pairs.jsonl --output_dir out \\
+    [--lora] [--beta 0.1 --loss_type sigmoid|ipo]
 python -m paddle.distributed.launch --nproc_per_node 2 finetune/dpo.py ... --tensor_parallel_degree 2
 """
 

@@ -22,7 +22,8 @@ def check_replaceable(target: str) -> None:
         and not any(os.path.exists(os.path.join(target, m)) for m in OUTPUT_MARKERS)
     ):
         raise ValueError(
-            f"{os.path.abspath(target)} holds files this suite did not write; refusing to replace it (write to a new or empty directory)"
+            f"{os.path.abspath(target)} holds files this suite did not write; refusing to replace it (write to a new "
+            "or empty directory)"
         )
 
 

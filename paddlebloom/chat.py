@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefix_path")
     p.add_argument(
         "--system",
-        help="system prompt opening the conversation (written as --template writes one; kept when old turns are dropped)",
+        help="system prompt opening the conversation (written as --template writes one; "
+        "kept when old turns are dropped)",
     )
     add_generation_flags(p)
     args = p.parse_args(argv)

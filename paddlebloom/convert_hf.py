@@ -34,7 +34,8 @@ def read_hf_weights(hf_dir: str) -> Dict[str, np.ndarray]:
         return state
     if any(f.endswith(".bin") for f in os.listdir(hf_dir)):
         raise FileNotFoundError(
-            f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
+            f"{hf_dir}: only PyTorch .bin weights; save them as safetensors first (transformers: save_pretrained(..., "
+            "safe_serialization=True))"
         )
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 

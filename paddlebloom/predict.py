@@ -88,7 +88,8 @@ def predict(args) -> int:
             ]
             if show:
                 tqdm.write(
-                    f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in {time.time() - tic:.2f} s",
+                    f"batch {i // args.batch_size + 1}: {len(chunk)} prompts, {sum(len(t) for t in new)} tokens in "
+                    f"{time.time() - tic:.2f} s",
                     file=sys.stdout if args.output_file else sys.stderr,
                 )  # stdout may carry the predictions
         if show:
@@ -104,7 +105,8 @@ def predict(args) -> int:
                 sys.stdout.writelines(lines)
             elapsed = time.time() - start
             print(
-                f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: {n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file or 'stdout'}",
+                f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: "
+                f"{n_tokens / max(elapsed, 1e-9):.1f} tokens/s -> {args.output_file or 'stdout'}",
                 file=sys.stdout if args.output_file else sys.stderr,
             )
     for message in bad if parallel_context().is_main else []:

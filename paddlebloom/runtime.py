@@ -147,7 +147,8 @@ def init_parallel(tensor_parallel_degree: int = 1, sharding_parallel_degree: int
         raise ValueError(f"--tensor_parallel_degree {tp} does not divide the {n} launched processes")
     if n % (tp * sd) != 0:
         raise ValueError(
-            f"--sharding_parallel_degree {sd} x --tensor_parallel_degree {tp} does not divide the {n} launched processes"
+            f"--sharding_parallel_degree {sd} x --tensor_parallel_degree {tp} does not divide the {n} launched "
+            "processes"
         )
     paddle.set_device(
         device_for_backend() if device_for_backend() == "cpu" else f"gpu:{os.environ.get('FLAGS_selected_gpus', '0')}"

@@ -140,7 +140,8 @@ ERROR_PROBE = """
 import sys
 from paddlebloom.cli import run_main
 from paddlebloom.data.readers import DataError
-errors = {"value": ValueError("--top_p 2.0: must be in (0, 1]\\nsecond line"), "data": DataError("in.jsonl:3: no 'src' field"),
+errors = {"value": ValueError("--top_p 2.0: must be in (0, 1]\\nsecond line"),
+          "data": DataError("in.jsonl:3: no 'src' field"),
           "missing": FileNotFoundError("ckpt: no config.json"), "bug": KeyError("src")}
 def body():
     raise errors[sys.argv[1]]

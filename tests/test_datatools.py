@@ -31,8 +31,10 @@ def test_sample_streams_a_100k_line_file_in_little_memory(tmp_path):
     out = tmp_path / "sample.jsonl"
     # VmHWM belongs to the exec'd process (ru_maxrss would inherit the forked pytest's peak).
     probe = (
-        "import runpy, sys\nsys.argv = ['sample', '--input', sys.argv[1], '--output', sys.argv[2], '--sample_ratio', '0.1', '--seed', '3']\n"
-        "try:\n    runpy.run_module('paddlebloom.tools.sample', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "import runpy, sys\nsys.argv = ['sample', '--input', sys.argv[1], '--output', sys.argv[2], '--sample_ratio', "
+        "'0.1', '--seed', '3']\n"
+        "try:\n    runpy.run_module('paddlebloom.tools.sample', run_name='__main__')\nexcept SystemExit as e:\n    "
+        "assert not e.code, e.code\n"
         "print('maxrss_kb', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
     )
     proc = run_py(["-c", probe, str(big), str(out)])
@@ -40,7 +42,7 @@ def test_sample_streams_a_100k_line_file_in_little_memory(tmp_path):
     rss_mb = int(proc.stdout.split("maxrss_kb")[1]) / 1024
     assert rss_mb < 200, rss_mb
     assert counts["single_turn"] == singles and counts["lines"] == 100_000
-    kept = [json.loads(l) for l in open(out, encoding="utf-8")]
+    kept = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert len(kept) == counts["kept"] and abs(len(kept) / singles - 0.1) <= 0.001  # exact up to rounding
     assert all(len(r["conversations"]) == 2 for r in kept)
     assert len({r["id"] for r in kept}) == len(kept)

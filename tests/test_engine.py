@@ -267,7 +267,9 @@ def wiki_model(tmp_path_factory):
     from paddlebloom.training.trainer import run
 
     lines = [
-        l for l in open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").read().splitlines() if l.strip()
+        line
+        for line in open(shared_file("eval", "wikitext-2-valid.txt"), encoding="utf-8").read().splitlines()
+        if line.strip()
     ]
     cut = int(len(lines) * 0.9)
     base = tmp_path_factory.mktemp("wiki")

@@ -1,4 +1,5 @@
-"""Issues 5 and 12: the exported step program (paddle.inference) decodes exactly as the model, samples reproducibly, deploys alone.
+"""Issues 5 and 12: the exported step program (paddle.inference) decodes exactly as the model,
+samples reproducibly, deploys alone.
 
 The reference everywhere is `reference_greedy`: the training model's own forward with a cache grown
 by concatenation, one prompt at a time — independent of the engine, its sampler and its kernel."""
@@ -43,7 +44,8 @@ def reference_greedy(model, prompt, max_new, eos, penalty=1.0):
 
 
 def dynamic_generate(model, prompts, max_new, eos, pad=3, **kw):
-    """Dynamic generation (the engine on the eager model, all prompts in one batch), checked against each prompt alone."""
+    """Dynamic generation (the engine on the eager model, all prompts in one batch), checked against
+    each prompt alone."""
     config = GenerationConfig(
         max_new_tokens=max_new, decode_strategy="greedy_search", eos_token_id=eos, pad_token_id=pad, **kw
     )
@@ -190,7 +192,8 @@ def test_deploy_reads_any_format_and_runs_without_the_model_class(exported, trai
     out = tmp_path / "out.jsonl"
     code = (
         "import sys; from paddlebloom.deploy.cli import main; rc = main(sys.argv[1:]); "
-        "assert not [m for m in sys.modules if m in ('paddlebloom.model', 'paddlebloom.loading') or m.startswith('paddlenlp')], 'model code imported'; sys.exit(rc)"
+        "assert not [m for m in sys.modules if m in ('paddlebloom.model', 'paddlebloom.loading') or "
+        "m.startswith('paddlenlp')], 'model code imported'; sys.exit(rc)"
     )
     proc = run_py(
         [

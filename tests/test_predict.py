@@ -58,8 +58,8 @@ def test_tp2_prediction_equals_tp1_and_bad_lines_are_reported(trained_tiny, tmp_
     assert "tokens/s" in one.stdout
     two = launch([PREDICT, *common, "--output_file", str(tmp_path / "tp2.jsonl")], tmp_path / "log", check=False)
     assert two.returncode != 0  # the bad line makes every rank end non-zero
-    a = [json.loads(l) for l in open(tmp_path / "tp1.jsonl", encoding="utf-8")]
-    b = [json.loads(l) for l in open(tmp_path / "tp2.jsonl", encoding="utf-8")]
+    a = [json.loads(line) for line in open(tmp_path / "tp1.jsonl", encoding="utf-8")]
+    b = [json.loads(line) for line in open(tmp_path / "tp2.jsonl", encoding="utf-8")]
     assert len(a) == 6 and a == b  # every good record, in order, same greedy tokens at TP=2
     assert a[0]["output"] == "reference" and all(r["prediction"] for r in a[:5])
 

@@ -161,7 +161,8 @@ def run_command(lang, argv, work, env, servers):
         argv, cwd=work, env=env, input="Alice has a red\n/exit\n", capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, (
-        f"README command failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        f"README command failed (exit {proc.returncode}): "
+        f"{' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     )
     if argv[0] == "curl":
         assert '"choices"' in proc.stdout or "data: " in proc.stdout, proc.stdout[:500]

@@ -137,7 +137,8 @@ def run(argv, cwd, expect_ok=True, stdin=""):
             log += open(os.path.join(cwd, name), errors="replace").read()[-3000:]
     if expect_ok and proc.returncode != 0:
         raise AssertionError(
-            f"{shlex.join(argv)} (in {cwd}) exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{log}"
+            f"{shlex.join(argv)} (in {cwd}) exited "
+            f"{proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{log}"
         )
     return proc
 
@@ -313,7 +314,8 @@ def test_run_eval_paddlenlp_flags_model_type_dtype_and_autodist(tiny_dir, tmp_pa
         ),
         (
             [],
-            "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams files are read with --load_autodist)",
+            "no weights (model_state.pdparams, model.safetensors or tensor-parallel shards) (auto_dist{rank}.pdparams "
+            "files are read with --load_autodist)",
         ),
         (["--load_autodist", "--model_type", "gpt"], "argument --model_type: invalid choice: 'gpt'"),
     ):

@@ -21,18 +21,9 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
-from serve_fuzz_cases import (
-    MAX_BODY,
-    MAX_NEW,
-    MAX_PROMPT,
-    TIMEOUT,
-    Answer,
-    Case,
-    address,
-    exchange,
-    generate,
-    request_bytes,
-)
+from serve_fuzz_cases import Case, generate
+from serve_fuzz_client import TIMEOUT, Answer, address, exchange, request_bytes
+from serve_fuzz_values import MAX_BODY, MAX_NEW, MAX_PROMPT
 
 from conftest import start_server
 

@@ -275,6 +275,7 @@ def test_resume_refuses_optimizer_state_for_other_parameters(model4, one_process
     )
     with pytest.raises(
         ValueError,
-        match=r"optimizer.pdopt: no optimizer state for parameter .* the checkpoint was written for other trained parameters",
+        match=r"optimizer.pdopt: no optimizer state for parameter .* "
+        r"the checkpoint was written for other trained parameters",
     ):
         run(parse_args(flags(model4, tmp_path / "out", "--resume_from_checkpoint", str(checkpoint))))

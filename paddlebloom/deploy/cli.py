@@ -1,4 +1,5 @@
-"""python deploy/infer_generation.py --model_dir inference/ --model_prefix bloom [--data_file IN.jsonl --output_file OUT.jsonl] ...
+"""python deploy/infer_generation.py --model_dir inference/ --model_prefix bloom \\
+    [--data_file IN.jsonl --output_file OUT.jsonl] ...
 
 Records of any training format become prompts exactly as in training (`prompt_for_prediction`);
 without --data_file, each stdin line is one raw prompt. Each output line is the input record
@@ -37,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--cpu_threads", type=int, default=0, help="0: all cores")
     p.add_argument("--enable_mkldnn", action="store_true", help="oneDNN kernels (needed for bf16)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    # Decoding: unset flags take the exported generation_config.json's values; sampling is seeded (0) unless --seed says otherwise.
+    # Decoding: unset flags take the exported generation_config.json's values; sampling is seeded (0) unless --seed says
+    # otherwise.
     add_decoding_flags(p, {"seed": 0})
     return p.parse_args(argv)
 
@@ -77,7 +79,8 @@ def run(args) -> None:
     seconds = time.perf_counter() - began
     new = sum(len(o) for o in outputs)
     print(
-        f"{len(items)} prompts, {new} new tokens, {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s (up to {args.batch_size} at once)",
+        f"{len(items)} prompts, {new} new tokens, {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s (up to "
+        f"{args.batch_size} at once)",
         file=sys.stderr,
     )
     lines = []

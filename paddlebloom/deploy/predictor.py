@@ -59,7 +59,8 @@ def make_config(
         # The step program's attention-over-cache kernel is ours and CPU-only; GPU serving of BLOOM is
         # PaddleNLP's block-attention predictor (llm/predict), which this suite's checkpoints load into.
         raise ValueError(
-            f"--device {device}: the exported step program runs on CPU (its cache-attention kernel is CPU-only); on GPUs use PaddleNLP's llm predictor with this checkpoint"
+            f"--device {device}: the exported step program runs on CPU (its cache-attention kernel is CPU-only); on "
+            "GPUs use PaddleNLP's llm predictor with this checkpoint"
         )
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1))
@@ -83,7 +84,8 @@ class GenerationPredictor:
         info = read_export_info(model_dir)
         if info.get("program") != "step":
             raise ValueError(
-                f"{program}: not a step program (exported by an older version of this suite); re-export it with export/export_generation_model.py"
+                f"{program}: not a step program (exported by an older version of this suite); re-export it with "
+                "export/export_generation_model.py"
             )
         threads = config_kw.get("cpu_threads") or os.cpu_count() or 1
         ops.set_num_threads(threads)

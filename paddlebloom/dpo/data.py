@@ -66,7 +66,8 @@ def _answer(record: dict, field: str, where: str) -> str:
             if ROLES.get(value[role_key]) == ASSISTANT and isinstance(value.get(text_key), str):
                 return value[text_key]
     raise DataError(
-        f'{where}: field \'{field}\' must be a string or one assistant message ({{"role": "assistant", "content"}} or {{"from": "gpt", "value"}})'
+        f'{where}: field \'{field}\' must be a string or one assistant message ({{"role": "assistant", "content"}} or '
+        f'{{"from": "gpt", "value"}})'
     )
 
 
@@ -86,7 +87,8 @@ def _paddlenlp(record: dict, where: str) -> Tuple[Dialogue, str, str]:
     src, tgt = as_list(src), as_list(tgt)
     if not (isinstance(src, list) and isinstance(tgt, list) and src and len(tgt) == len(src) - 1):
         raise DataError(
-            f"{where}: field 'tgt' must hold the earlier answers: one fewer than 'src' (the last answer is in 'response')"
+            f"{where}: field 'tgt' must hold the earlier answers: one fewer than 'src' (the last answer is in "
+            "'response')"
         )
     dialogue = to_dialogue({"src": src, "tgt": tgt, "system": record.get("system")}, "src_tgt", where, answered=False)
     response, order = record.get("response"), record.get("sort")

@@ -71,7 +71,8 @@ class StepEngine:
         need = self.needed_length(len(prompt), max(config.max_new_tokens, 1))
         if need > self.cache.max_len:
             raise ValueError(
-                f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} needs {need} cache positions; this engine has {self.cache.max_len}"
+                f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} needs {need} cache "
+                f"positions; this engine has {self.cache.max_len}"
             )
         seq = Sequence(list(prompt), config, seen=set(prompt))
         seq.rng = sampler.RowGenerator(

@@ -110,7 +110,8 @@ class StepBlock(nn.Layer):
 
 
 class StepModel(nn.Layer):
-    """forward(input_ids [b, s], cache, slots [b], past [b], lens [b], picks [b, k]) -> logits [b, k, vocab] at the picked positions."""
+    """forward(input_ids [b, s], cache, slots [b], past [b], lens [b], picks [b, k])
+    -> logits [b, k, vocab] at the picked positions."""
 
     def __init__(self, model, kind: str = "float32"):
         super().__init__()

@@ -221,7 +221,8 @@ def evaluate(args: argparse.Namespace) -> Optional[dict]:
     if failures:
         # The files are complete (the errors are recorded per answer), but the scores are not.
         raise JudgeFailed(
-            f"the judge failed on {failures} of {len(rows)} answers (see judge_error in {args.output_dir}/predictions.jsonl)"
+            f"the judge failed on {failures} of {len(rows)} answers (see judge_error in "
+            f"{args.output_dir}/predictions.jsonl)"
         )
     return report
 

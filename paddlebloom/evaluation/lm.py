@@ -70,7 +70,8 @@ def read_cloze(path: str, tokenizer, seq_length: int) -> List[ClozeExample]:
         target = tokenizer.encode(" " + word)
         if len(target) >= seq_length:
             raise DataError(
-                f"{path}:{line}: field 'text': target word has {len(target)} tokens, --seq_length {seq_length} leaves no context"
+                f"{path}:{line}: field 'text': target word has {len(target)} tokens, --seq_length {seq_length} leaves "
+                "no context"
             )
         ctx = tokenizer.encode(context)[-(seq_length + 1 - len(target)) :]
         out.append(ClozeExample(line, tuple(ctx), tuple(target)))

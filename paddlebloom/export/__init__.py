@@ -1,1 +1,2 @@
-"""Export of the step model (new tokens + persistent KV cache in, last-token logits out) as a paddle.inference program."""
+"""Export of the step model (new tokens + persistent KV cache in, logits of picked positions out)
+as a paddle.inference program."""

@@ -1,4 +1,5 @@
-"""python export/export_generation_model.py --model_name_or_path CKPT [--lora_path P] [--prefix_path P] --output_path inference/bloom [--dtype float32|bfloat16] [--quant_type weight_only_int8]"""
+"""python export/export_generation_model.py --model_name_or_path CKPT [--lora_path P] [--prefix_path P] \\
+    --output_path inference/bloom [--dtype float32|bfloat16] [--quant_type weight_only_int8]"""
 
 import argparse
 
@@ -10,7 +11,8 @@ from .exporter import DTYPES, QUANT_TYPES, export_generation
 def main(argv=None) -> int:
     quiet()
     p = argparse.ArgumentParser(
-        description="Export BLOOM as a step program (new tokens + persistent KV cache in, logits out) for paddle.inference."
+        description="Export BLOOM as a step program (new tokens + persistent KV cache in, logits out) "
+        "for paddle.inference."
     )
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--lora_path", help="LoRA adapter: folded into the weights before export")
@@ -18,7 +20,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--output_path",
         required=True,
-        help="DIR/NAME: writes DIR/NAME.json + DIR/NAME.pdiparams, tokenizer and generation_config.json (DIR is replaced as a whole, atomically)",
+        help="DIR/NAME: writes DIR/NAME.json + DIR/NAME.pdiparams, tokenizer and generation_config.json "
+        "(DIR is replaced as a whole, atomically; never a directory this suite did not write)",
     )
     p.add_argument(
         "--dtype",
@@ -33,6 +36,9 @@ def main(argv=None) -> int:
     return run_main(
         "export_generation_model.py",
         lambda: print(
-            f"wrote {export_generation(args.model_name_or_path, args.output_path, args.lora_path, args.prefix_path, args.dtype, args.quant_type)}"
+            "wrote "
+            + export_generation(
+                args.model_name_or_path, args.output_path, args.lora_path, args.prefix_path, args.dtype, args.quant_type
+            )
         ),
     )

@@ -133,7 +133,8 @@ class Prefix(FileAdapter):
         for name, param in self.trainable_state(model).items():
             if name not in state or tuple(state[name].shape) != tuple(param.shape):
                 raise ValueError(
-                    f"{directory}: prefix weight {name} missing or of another shape; check --num_prefix_tokens/--prefix_projection"
+                    f"{directory}: prefix weight {name} missing or of another shape; check "
+                    "--num_prefix_tokens/--prefix_projection"
                 )
             param.set_value(state[name])
 

@@ -108,7 +108,8 @@ def _typed(body: Dict, name: str, types, lo=None, hi=None, lo_open=False):
         bound = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
         raise ApiError(
             400,
-            f"'{name}' = {value} is out of range ({bound}{', ' if bound and hi is not None else ''}{f'<= {hi}' if hi is not None else ''})",
+            f"'{name}' = {value} is out of range "
+            f"({bound}{', ' if bound and hi is not None else ''}{f'<= {hi}' if hi is not None else ''})",
             param=name,
         )
     return value
@@ -153,13 +154,15 @@ def _choices(body: Dict, prompts: int, limits: Limits) -> int:
     if best_of is not None and best_of != n:
         raise ApiError(
             400,
-            f"'best_of' {best_of} is not supported (no server-side ranking): ask for 'n' choices and rank them yourself",
+            f"'best_of' {best_of} is not supported (no server-side ranking): ask for 'n' choices and rank them "
+            "yourself",
             param="best_of",
         )
     if prompts * n > limits.max_choices:
         raise ApiError(
             400,
-            f"{prompts} prompt(s) x n={n} is {prompts * n} answers; this server runs at most {limits.max_choices} at once",
+            f"{prompts} prompt(s) x n={n} is {prompts * n} answers; this server runs at most {limits.max_choices} at "
+            "once",
             param="n",
         )
     return n

@@ -1,4 +1,5 @@
-"""python deploy/serve.py --model_dir inference/ --model_prefix bloom [--host 127.0.0.1 --port 8080 --max_batch_size 8 --max_concurrent 32]
+"""python deploy/serve.py --model_dir inference/ --model_prefix bloom \\
+    [--host 127.0.0.1 --port 8080 --max_batch_size 8 --max_concurrent 32]
 
 Serves an exported generation program (export/export_generation_model.py) over HTTP:
 OpenAI-compatible POST /v1/completions and /v1/chat/completions (`"stream": true` for server-sent

@@ -22,7 +22,10 @@ from .engine import ServerBusy
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Everything the page needs is in the page itself; the policy makes the browser refuse anything else.
-PAGE_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:"
+)
 
 
 class ClientGone(Exception):

@@ -48,7 +48,8 @@ def build_parser(
         "--dataset_name_or_path",
         dest="task_name_or_path",
         default=None,
-        help=f"PaddleNLP's data directory: {TRAIN_JSON} and {DEV_JSON} there stand in for missing --train_file/--validation_file "
+        help=f"PaddleNLP's data directory: {TRAIN_JSON} and {DEV_JSON} there stand in for missing "
+        "--train_file/--validation_file "
         f"(default {DEFAULT_DATA_DIR} when neither file flag is given)",
     )
     g.add_argument("--data_format", choices=data_formats, help="force a format instead of detecting it per record")
@@ -133,7 +134,8 @@ def build_parser(
     _flag(
         g,
         "--do_generation",
-        "evaluation also answers the validation prompts greedily and reports ROUGE-1/2/L (OUTPUT_DIR/eval_generations.jsonl)",
+        "evaluation also answers the validation prompts greedily and reports ROUGE-1/2/L "
+        "(OUTPUT_DIR/eval_generations.jsonl)",
         aliases=("--eval_with_do_generation",),
     )
     g.add_argument(
@@ -263,7 +265,8 @@ def parse_args(argv=None, parser=None) -> argparse.Namespace:
         stage, _ = parse_sharding(args.sharding)
         if stage is None and args.sharding_parallel_degree > 1:
             problems.append(
-                f"--sharding_parallel_degree {args.sharding_parallel_degree} needs --sharding stage1 (nothing would be sharded)"
+                f"--sharding_parallel_degree {args.sharding_parallel_degree} needs --sharding stage1 (nothing would be "
+                "sharded)"
             )
     except ValueError as e:
         problems.append(str(e))

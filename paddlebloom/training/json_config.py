@@ -39,7 +39,8 @@ def argv_from_json(path: str, parser: argparse.ArgumentParser) -> List[str]:
             continue  # null: the flag's default
         if isinstance(value, dict) or (isinstance(value, list) and action.nargs not in ("+", "*")):
             raise DataError(
-                f"{where}: key '{key}' takes {'a list' if action.nargs in ('+', '*') else 'one value'}, got {json.dumps(value)[:60]}"
+                f"{where}: key '{key}' takes {'a list' if action.nargs in ('+', '*') else 'one value'}, got "
+                f"{json.dumps(value)[:60]}"
             )
         values = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)]

@@ -150,7 +150,8 @@ def check_precision(args) -> None:
     if (args.fp16 or args.bf16) and device_for_backend() == "cpu":
         which = "--fp16" if args.fp16 else "--bf16"
         raise ValueError(
-            f"{which} needs a GPU: Paddle has no float16/bfloat16 training kernels for CPU matmul; drop {which} to train in float32 on this machine"
+            f"{which} needs a GPU: Paddle has no float16/bfloat16 training kernels for CPU matmul; drop {which} to "
+            "train in float32 on this machine"
         )
 
 

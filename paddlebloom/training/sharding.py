@@ -44,7 +44,8 @@ def resolve_sharding_degree(args) -> int:
         if device_for_backend() == "cpu":
             raise ValueError(
                 f"--sharding {stage} needs a GPU: Paddle 3.3.1 runs it in group_sharded_parallel, which supports only "
-                "gpu, xpu and custom devices; on CPU use --sharding stage1 (optimizer-state sharding, fleet's DygraphShardingOptimizer)"
+                "gpu, xpu and custom devices; on CPU use --sharding stage1 (optimizer-state sharding, fleet's "
+                "DygraphShardingOptimizer)"
             )
         raise ValueError(
             f"--sharding {stage} (group_sharded_parallel) is not wired into this trainer yet; use --sharding stage1"

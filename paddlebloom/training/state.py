@@ -121,7 +121,8 @@ def _resplit_over_tensor_parallel(parts, directory: str, model) -> dict:
     ctx = model.parallel
     if not all("/" in k for k in parts[0] if isinstance(parts[0][k], np.ndarray)):
         raise ValueError(
-            f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; resume at that degree"
+            f"{directory}: written at tensor_parallel_degree {len(parts)} before optimizer files named parameters; "
+            "resume at that degree"
         )
     axes = {path: split_axis(param) for path, param in model.named_parameters()}
     out = {}

@@ -142,7 +142,10 @@ def run(args, objective=None) -> dict:
     tokenizer = BloomTokenizer.from_pretrained(model_dir)
     template = get_template(args.template)
     show = ctx.is_main and not args.disable_tqdm
-    load = lambda files: objective.load(files, tokenizer, template, args, show)
+
+    def load(files):
+        return objective.load(files, tokenizer, template, args, show)
+
     train_set = load(args.train_file) if args.do_train else []
     eval_set = load(args.validation_file) if args.validation_file else []
 

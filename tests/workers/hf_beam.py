@@ -1,6 +1,7 @@
 """Runs in .venv-hf: Hugging Face's beam search on a converted checkpoint, the reference for ours.
 
-    python hf_beam.py HF_DIR '{"prompts": [[ids]], "eos": N, "num_beams": 3, "length_penalties": [1.0], "max_new_tokens": 10}'
+    python hf_beam.py HF_DIR \\
+        '{"prompts": [[ids]], "eos": N, "num_beams": 3, "length_penalties": [1.0], "max_new_tokens": 10}'
 Prints one JSON line: per length penalty, the new tokens of each prompt's best beam, EOS and padding removed."""
 
 import json
