@@ -6,8 +6,9 @@ Kept free of Paddle so light tools (sampling a huge file) do not pay for importi
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Optional
 
 # What every directory this suite writes holds (a model, an adapter, an export, a token store):
 # an existing directory with none of them is someone else's, and replacing it would delete it.
@@ -49,6 +50,19 @@ def atomic_directory(target: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_output(text: str, path: Optional[str] = None) -> None:
+    """A command's result: to `path` atomically (readers never see half a file), or to stdout."""
+    if not path:
+        sys.stdout.write(text)
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_file_atomic(path, write)
 
 
 def write_file_atomic(path: str, write: Callable[[str], None]) -> None:

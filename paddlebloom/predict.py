@@ -18,7 +18,7 @@ from typing import List, Tuple
 from tqdm import tqdm
 
 from .adapter import adapter_of
-from .atomic import write_file_atomic
+from .atomic import write_output
 from .cli import run_main
 from .data.formats import FORMATS, prompt_for_prediction
 from .data.readers import DataError, iter_records, iter_text_lines, parse_json_line, stdin_prompts
@@ -93,16 +93,7 @@ def predict(args) -> int:
                     file=sys.stdout if args.output_file else sys.stderr,
                 )  # stdout may carry the predictions
         if show:
-            lines = [json.dumps(o, ensure_ascii=False) + "\n" for o in outputs]
-            if args.output_file:
-
-                def write(tmp):
-                    with open(tmp, "w", encoding="utf-8") as f:
-                        f.writelines(lines)
-
-                write_file_atomic(args.output_file, write)
-            else:
-                sys.stdout.writelines(lines)
+            write_output("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs), args.output_file)
             elapsed = time.time() - start
             print(
                 f"{len(outputs)} predictions, {n_tokens} new tokens in {elapsed:.1f} s: "

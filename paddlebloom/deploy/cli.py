@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ..atomic import write_file_atomic
+from ..atomic import write_output
 from ..cli import run_main
 from ..data.formats import prompt_for_prediction
 from ..data.readers import DataError, iter_records, stdin_prompts
@@ -58,15 +58,7 @@ def run(args) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
     template = get_template(args.template)
-    predictor = GenerationPredictor(
-        args.model_dir,
-        args.model_prefix,
-        max_batch_size=args.batch_size,
-        device=args.device,
-        cpu_threads=args.cpu_threads,
-        enable_mkldnn=args.enable_mkldnn,
-        precision=args.precision,
-    )
+    predictor = GenerationPredictor.from_flags(args, max_batch_size=args.batch_size)
     sampling = from_flags(args, predictor.generation_config)  # EOS and pad ids too: the exported config has them
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     items = read_prompts(args, template)  # every input error surfaces before any generation
@@ -92,16 +84,7 @@ def run(args) -> None:
                 ensure_ascii=False,
             )
         )
-    body = "".join(line + "\n" for line in lines)
-    if args.output_file:
-
-        def write(tmp):
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(body)
-
-        write_file_atomic(args.output_file, write)
-    else:
-        sys.stdout.write(body)
+    write_output("".join(line + "\n" for line in lines), args.output_file)
 
 
 def main(argv=None) -> int:

@@ -79,6 +79,19 @@ class GenerationPredictor:
     """Generates from token-id prompts with the exported step program: up to `max_batch_size`
     prompts decode together, and a finished one's cache slot goes to the next prompt."""
 
+    @classmethod
+    def from_flags(cls, args, max_batch_size: int) -> "GenerationPredictor":
+        """From the deploy and serve scripts' shared flags (model, device, threads, oneDNN, precision)."""
+        return cls(
+            args.model_dir,
+            args.model_prefix,
+            max_batch_size=max_batch_size,
+            device=args.device,
+            cpu_threads=args.cpu_threads,
+            enable_mkldnn=args.enable_mkldnn,
+            precision=args.precision,
+        )
+
     def __init__(self, model_dir: str, model_prefix: str = "bloom", max_batch_size: int = 8, **config_kw):
         program, params = find_model(model_dir, model_prefix)
         info = read_export_info(model_dir)

@@ -84,15 +84,7 @@ def build(args):
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
     template = get_template(args.template)
-    predictor = GenerationPredictor(
-        args.model_dir,
-        args.model_prefix,
-        max_batch_size=args.max_batch_size,
-        device=args.device,
-        cpu_threads=args.cpu_threads,
-        enable_mkldnn=args.enable_mkldnn,
-        precision=args.precision,
-    )
+    predictor = GenerationPredictor.from_flags(args, max_batch_size=args.max_batch_size)
     tokenizer = BloomTokenizer.from_pretrained(args.model_dir)
     engine = Engine(
         predictor,
