@@ -1,218 +1,41 @@
-"""The cases of tests/test_serve_fuzz.py: a seeded generator of malformed and hostile requests, and
-the raw-socket client that sends them (anything can be sent: broken request lines, lying headers,
-half a body, a reset)."""
+"""The cases of tests/test_serve_fuzz.py: a seeded generator of malformed and hostile requests, each
+a Case that sends itself through the raw-socket client (serve_fuzz_client.py) and says what answer
+is acceptable."""
 
-import http.client
-import io
 import json
 import random
-import socket
-import struct
-import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-MAX_BODY, MAX_PROMPT, MAX_NEW = 65536, 64, 8  # the fuzzed server's limits
-TIMEOUT = 30  # seconds for any one answer: the server must never leave a client hanging
-
-
-# JSON texts refused wherever they appear in a body.
-ALWAYS_BAD = [
-    "NaN",
-    "Infinity",
-    "-Infinity",
-    "1e999",
-    "-2e400",
-    '"\\ud800"',
-    '"ok \\udfff"',
-    '["a", "\\udbff"]',
-    "1" * 60,
-    '{"\\ud800": 1}',
-    '{"a": {"b": [NaN]}}',
-]
-# JSON texts that a field may or may not accept: the answer is a 200 or a 4xx naming the field.
-ODD = [
-    "null",
-    "true",
-    "false",
-    "0",
-    "-1",
-    "1",
-    "2",
-    "7",
-    "0.5",
-    "1.0",
-    "-0.0",
-    "1e-300",
-    "5e-324",
-    "1e308",
-    "100",
-    "101",
-    str(2**31),
-    str(2**63),
-    str(-(2**63)),
-    "9" * 40,
-    '""',
-    '"x"',
-    '"\\u0000"',
-    '"猫"',
-    '"\\ud83d\\ude00"',
-    '"\\u202e"',
-    '"' + "ab " * 5000 + '"',
-    "[]",
-    "[1]",
-    "[1, 2]",
-    "[5, 6, 7]",
-    '["a", "b"]',
-    "[[1, 2], [3]]",
-    "{}",
-    '{"a": 1}',
-    '{"include_usage": true}',
-    '[{"role": "user", "content": "hi"}]',
-    "[" * 60 + "]" * 60,
-]
-# Wrong under any OpenAI-compatible API: refused naming the field.
-WRONG = {
-    "max_tokens": ['"10"', "-3", "1.5", "[]"],
-    "temperature": ['"hot"', "-1", "{}"],
-    "top_p": ['"x"', "1.5", "-0.5"],
-    "stream": ['"yes"', "[]"],
-    "seed": ['"1"', "1.5"],
-    "prompt": ["{}", "true"],
-    "messages": ['"hi"', "[]", '[{"role": "wizard", "content": "x"}]'],
-    "stop": ["5", '{"a": 1}'],
-}
-# Known fields, ones the OpenAI API has (whether or not this server takes them yet), unknown ones.
-FIELDS = [
-    "prompt",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "stream",
-    "stop",
-    "n",
-    "user",
-    "model",
-    "stream_options",
-    "logprobs",
-    "top_logprobs",
-    "echo",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "best_of",
-    "suffix",
-    "max_token",
-    "prompt_é",
-]
-NUMERIC = [
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "max_tokens",
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "top_logprobs",
-    "best_of",
-]
-EXTREMES = ["5e-324", "1e-300", "1e-7", "0", "1", "2", "100", "1e308", "-0.0", str(2**62), str(2**63), "-1e-300"]
+from serve_fuzz_client import (
+    Answer,
+    exchange,
+    expect_continue,
+    expect_refused,
+    get_with_smuggled_request,
+    leave_stream,
+    pipelined,
+    post,
+    request_bytes,
+    reset_after_sending,
+    slow_reader,
+)
+from serve_fuzz_values import ALWAYS_BAD, EXTREMES, FIELDS, MAX_BODY, NUMERIC, ODD, WRONG
 
 
 @dataclass
 class Case:
     name: str
     send: Callable[[str], Optional["Answer"]]  # base URL -> the answer (None: the client left without one)
-    expect: str = (
-        "any"  # "any": a 200 or a 4xx; "refused": a 4xx; "ok": a 200; "gone": no answer expected; "own": send checks
-    )
+    # "any": a 200 or a 4xx; "refused": a 4xx; "ok": a 200; "gone": no answer expected; "own": send checks
+    expect: str = "any"
     field: Optional[tuple] = None  # a 4xx must name one of these
     statuses: Optional[tuple] = None  # a refusal must be one of these
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-
-# ---- talking to the server over raw sockets (so that anything can be sent)
-def address(base):
-    host, port = base.split("//")[1].split(":")
-    return host, int(port)
-
-
-def exchange(base, pieces, method="POST", half_close=False, pause=0.0, read=True) -> Optional[Answer]:
-    """Send `pieces` (bytes, `pause` seconds apart), then read one HTTP answer."""
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        for i, piece in enumerate(pieces):
-            if i and pause:
-                time.sleep(pause)
-            s.sendall(piece)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
-        if not read:
-            return None
-        response = http.client.HTTPResponse(s, method=method)
-        response.begin()  # skips a 100 Continue
-        return Answer(response.status, response.msg, response.read())
-
-
-class _Bytes(io.BytesIO):
-    def close(self):  # http.client closes its file after each answer; the next answer is in it too
-        pass
-
-
-class _Received:
-    """What a connection received, as http.client reads it from a socket."""
-
-    def __init__(self, data: bytes):
-        self.file, self.size = _Bytes(data), len(data)
-
-    def makefile(self, mode):
-        return self.file
-
-
-def received_all(s: socket.socket) -> bytes:
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    return data
-
-
-def answers_in(data: bytes, method="POST") -> List[Answer]:
-    """Every HTTP answer in what a connection received (http.client skips 100 Continue)."""
-    received, answers = _Received(data), []
-    while received.file.tell() < received.size:
-        response = http.client.HTTPResponse(received, method=method)
-        response.begin()
-        answers.append(Answer(response.status, response.msg, response.read()))
-    return answers
-
-
-def request_bytes(body: bytes, path="/v1/completions", method="POST", headers=None, length=True) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", "Connection: close"]
-    if length:
-        head.append(f"Content-Length: {len(body)}")
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body
-
-
-def post(body: bytes, path="/v1/completions", **kw) -> Callable[[str], Answer]:
-    return lambda base: exchange(base, [request_bytes(body, path)], **kw)
-
-
 def with_value(base_body: dict, path: list, text: str, *more) -> bytes:
-    """base_body with the JSON text `text` put at `path` (a list of keys/indices); `more`: further (path, text) pairs."""
+    """base_body with the JSON text `text` put at `path` (a list of keys/indices);
+    `more`: further (path, text) pairs."""
     body = json.loads(json.dumps(base_body))
     places = [(path, text), *more]
     for i, (where, _) in enumerate(places):
@@ -406,10 +229,10 @@ def generate(rng: random.Random) -> List[Case]:
         add(f"{size}-byte body", post(body), "refused", statuses=(413,))
     add(
         "oversized body announced, Expect: 100-continue",
-        lambda b: _expect_refused(b, request_bytes(big, headers={"Expect": "100-continue"})[: -len(big)]),
+        lambda b: expect_refused(b, request_bytes(big, headers={"Expect": "100-continue"})[: -len(big)]),
         "own",
     )
-    add("Expect: 100-continue", lambda b: _expect_continue(b, good), "ok")
+    add("Expect: 100-continue", lambda b: expect_continue(b, good), "ok")
     add(
         "oversized body announced, never sent",
         lambda b: exchange(b, [request_bytes(big)[: -len(big)]]),
@@ -451,7 +274,7 @@ def generate(rng: random.Random) -> List[Case]:
         lambda b: exchange(b, [request_bytes(good).replace(b"Host: 127.0.0.1", b"Host: \xff\xfe\x00")]),
         "any",
     )
-    add("GET with a body holding another request", _get_with_smuggled_request, "own")
+    add("GET with a body holding another request", get_with_smuggled_request, "own")
     add("unknown path", lambda b: exchange(b, [request_bytes(good, path="/v1/engines")]), "refused", statuses=(404,))
     add(
         "GET on completions",
@@ -468,79 +291,13 @@ def generate(rng: random.Random) -> List[Case]:
             lambda b, p=pause: exchange(b, [request[i : i + 7] for i in range(0, len(request), 7)], pause=p),
             "ok",
         )
-    add("two requests pipelined", lambda b: _pipelined(b, good), "own")
-    add("slow reader of a stream", lambda b: _slow_reader(b, json.dumps(dict(completion, stream=True)).encode()), "ok")
+    add("two requests pipelined", lambda b: pipelined(b, good), "own")
+    add("slow reader of a stream", lambda b: slow_reader(b, json.dumps(dict(completion, stream=True)).encode()), "ok")
     for name, cut in [("during the headers", 30), ("during the body", len(request) - 10)]:
         add(f"gone {name}", lambda b, c=cut: exchange(b, [request[:c]], read=False), "gone")
     add("gone after sending", lambda b: exchange(b, [request], read=False), "gone")
     for i in range(6):
-        add(f"gone mid-stream {i}", lambda b, i=i: _leave_stream(b, i), "gone")
-    add("reset mid-upload", lambda b: _reset(b, request[:-10]), "gone")
+        add(f"gone mid-stream {i}", lambda b, i=i: leave_stream(b, i), "gone")
+    add("reset mid-upload", lambda b: reset_after_sending(b, request[:-10]), "gone")
     rng.shuffle(cases)
     return cases
-
-
-def _expect_continue(base, body):
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(request_bytes(body, headers={"Expect": "100-continue"})[: -len(body)])
-        interim = s.recv(64)
-        assert interim.startswith(b"HTTP/1.1 100"), interim
-        s.sendall(body)
-        response = http.client.HTTPResponse(s, method="POST")
-        response.begin()
-        return Answer(response.status, response.msg, response.read())
-
-
-def _expect_refused(base, head):
-    """A body over the limit is refused before the client sends it: 413 first, never 100 Continue."""
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(head)
-        data = received_all(s)
-    assert data.startswith(b"HTTP/1.1 413 ") and b'"error"' in data, data
-
-
-def _get_with_smuggled_request(base):
-    """The body of a GET is not a second request: one answer, then the connection ends."""
-    inner = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner)
-        answers = answers_in(received_all(s), "GET")
-    assert [a.status for a in answers] == [200] and b'"model"' in answers[0].body, answers
-
-
-def _pipelined(base, body):
-    """Two requests in one write on a kept-alive connection: two answers, in order."""
-    keep = request_bytes(body).replace(b"Connection: close", b"Connection: keep-alive")
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(keep + request_bytes(body))
-        answers = answers_in(received_all(s))
-    assert [a.status for a in answers] == [200, 200] and len({a.body.split(b'"text"')[1] for a in answers}) == 1, (
-        answers
-    )
-
-
-def _slow_reader(base, body):
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        s.sendall(request_bytes(body))
-        time.sleep(1.0)
-        response = http.client.HTTPResponse(s, method="POST")
-        response.begin()
-        return Answer(response.status, response.msg, response.read())
-
-
-def _leave_stream(base, after_events):
-    body = json.dumps(
-        {"prompt": "the cat", "max_tokens": MAX_NEW, "temperature": 1.5, "seed": after_events, "stream": True}
-    ).encode()
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(request_bytes(body))
-        seen = b""
-        while seen.count(b"data: ") < after_events and (chunk := s.recv(256)):
-            seen += chunk
-
-
-def _reset(base, data):
-    with socket.create_connection(address(base), timeout=TIMEOUT) as s:
-        s.sendall(data)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset

@@ -1,19 +1,17 @@
 """Issue 8: the HTTP server on the exported program — same text as deploy/infer_generation.py, streaming,
-batching, bounds and bad requests, client hang-ups — and the chat page in headless Chromium."""
+batching, bounds and bad requests, client hang-ups. (The chat page: test_serve_chat_page.py; the server
+built in-process, its engine and the load test: test_serve_engine.py; messages and text: test_serve_text.py.)"""
 
 import json
 import os
-import shutil
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from serve_prompts import sentence_prompts
 
 from conftest import ROOT, run_py, start_server
-from paddlebloom import corpus
-from paddlebloom.deploy.predictor import Sampling
 from paddlebloom.serving.client import call, stream, text_of
 
 DEPLOY = os.path.join(ROOT, "deploy", "infer_generation.py")
@@ -46,12 +44,7 @@ def server(exported_tiny):
 
 @pytest.fixture(scope="module")
 def prompts():
-    # Beginnings of the corpus's sentences: the tiny model goes on with them for many tokens.
-    sentences = corpus.sentences(60, seed=11)
-    english = [s for s in sentences if s.isascii() and len(s.split()) >= 6]
-    chinese = [s for s in sentences if not s.isascii() and " " not in s]
-    # Chinese characters are 3 bytes in several byte-level tokens: streaming must not split them.
-    return [" ".join(s.split()[:n]) for s, n in zip(english, (2, 3, 4, 5, 2))] + [chinese[0][:3]]
+    return sentence_prompts()
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +243,8 @@ def test_a_client_that_hangs_up_frees_its_slot(server, prompts):
     ).encode()
     with socket.create_connection((host, int(port)), timeout=60) as s:
         s.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         assert b"200 OK" in s.recv(4096)  # the headers (and maybe the first event): it is running
     deadline = time.time() + 60
@@ -265,280 +258,3 @@ def test_a_client_that_hangs_up_frees_its_slot(server, prompts):
     assert (
         health["cancelled"] > before["cancelled"] or health["tokens_generated"] - before["tokens_generated"] < MAX_NEW
     ), (before, health)
-
-
-def test_full_server_answers_429_and_recovers(exported_tiny):
-    from paddlebloom.serving.cli import build, parse_args
-
-    srv = build(
-        parse_args(
-            [
-                "--model_dir",
-                exported_tiny,
-                "--port",
-                "0",
-                "--max_concurrent",
-                "1",
-                "--max_batch_size",
-                "1",
-                "--chunk_tokens",
-                "1",
-                "--cpu_threads",
-                "1",
-            ]
-        )
-    )
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        srv.app.engine.predictor.eos_token_id = -1  # the held job cannot end on its own while we look
-        job = srv.app.engine.submit([5, 6, 7], Sampling(max_new_tokens=512))
-        status, body = call(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
-        assert status == 429 and body["error"]["type"] == "server_busy", body
-        job.cancel()
-        while not isinstance(job.events.get(timeout=60), tuple):
-            pass
-        assert call(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
-        assert srv.app.engine.snapshot()["rejected_busy"] == 1
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        srv.app.engine.close()
-
-
-def test_one_failing_request_does_not_fail_its_batch(exported_tiny):
-    """A row whose token choice raises (its own settings' fault) ends with an error; the request
-    sharing its program calls still gets the answer it gets alone."""
-    from paddlebloom.serving.cli import build, parse_args
-
-    srv = build(
-        parse_args(["--model_dir", exported_tiny, "--port", "0", "--max_batch_size", "4", "--cpu_threads", "1"])
-    )
-    engine = srv.app.engine
-    try:
-
-        def drain(job):
-            while not isinstance(event := job.events.get(timeout=60), tuple):
-                pass
-            return event[1], list(job.tokens)
-
-        alone = drain(engine.submit([5, 6, 7], Sampling(max_new_tokens=8)))
-        choose = engine.steps.choose
-
-        def failing(seq, row):
-            if seq.prompt[0] == 99:
-                raise FloatingPointError("this row's settings broke its sampler")
-            return choose(seq, row)
-
-        engine.steps.choose = failing  # first_token (prefill) goes through it too
-        bad, good = engine.submit_many(
-            [([99, 5], Sampling(max_new_tokens=8), False), ([5, 6, 7], Sampling(max_new_tokens=8), False)]
-        )
-        assert drain(bad)[0] == "error" and drain(good) == alone
-        assert engine.snapshot()["max_batch_size_seen"] == 2  # they did share program calls
-    finally:
-        srv.server_close()
-        engine.close()
-
-
-def _chromium():
-    found = shutil.which("chromium") and os.path.exists("/usr/bin/chromedriver")
-    if not found:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("chromium / chromedriver missing on CI (make browser installs them)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make browser)")
-
-
-@pytest.fixture()
-def plain_server(exported_tiny):
-    """A server whose chat prompts are the raw text (--template plain): the tiny model, pre-trained on
-    sentences but not instruction-tuned, continues those for many tokens; chunks of 2 make many pieces."""
-    proc, base = start_server(exported_tiny, "--template", "plain", "--chunk_tokens", "2")
-    yield base
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
-
-
-# In the page, with the element's own font: each Han character of the element drawn on a canvas.
-# Without a CJK font every one comes out as the same empty box (the glyph of a private-use character).
-GLYPHS_DRAWN = """
-const el = arguments[0], font = getComputedStyle(el).font;
-const draw = (ch) => { const c = document.createElement('canvas'); c.width = c.height = 64;
-  const g = c.getContext('2d'); g.font = font; g.fillText(ch, 8, 40); return c.toDataURL(); };
-const han = [...el.textContent].filter((ch) => /\\p{Script=Han}/u.test(ch)), box = draw('\\uE000');
-return {han: han.length, kinds: new Set(han).size, distinct: new Set(han.map(draw)).size, boxes: han.filter((ch) => draw(ch) === box).length};
-"""
-
-
-def test_chat_page_streams_an_answer_in_headless_chromium(plain_server, prompts):
-    _chromium()
-    server = plain_server
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,720",
-        "--disable-gpu",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        driver.get(server + "/")
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text not in ("", "connecting…"))
-        box = driver.find_element(By.ID, "max_tokens")
-        box.clear()
-        box.send_keys(str(MAX_NEW))
-        driver.find_element(By.ID, "input").send_keys(prompts[3] + "\n")
-        done = WebDriverWait(driver, 120).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-state=done]")
-        )
-        answer = done[0]
-        assert answer.text.strip() and int(answer.get_attribute("data-chunks")) >= 2, (
-            answer.text,
-            answer.get_attribute("data-chunks"),
-        )
-        # A second turn carries the history; the tiny model learned "The word for X in Chinese is Y.",
-        # so this answer is in Chinese, which must be drawn as glyphs, not empty boxes.
-        driver.find_element(By.ID, "input").send_keys("The word for dog in Chinese is\n")
-        WebDriverWait(driver, 120).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".assistant[data-state=done]")) == 2
-        )
-        chinese = driver.find_elements(By.CSS_SELECTOR, ".assistant")[1]
-        drawn = driver.execute_script(GLYPHS_DRAWN, chinese)
-        assert drawn["han"] >= 1 and drawn["boxes"] == 0 and drawn["distinct"] == drawn["kinds"], (chinese.text, drawn)
-        # Stop: the page's button is clicked the moment the first piece shows (a person is slower than the tiny model).
-        driver.execute_script("""new MutationObserver((changes, observer) => {
-            const last = [...document.querySelectorAll('.assistant')].pop();
-            if (last && last.dataset.chunks === '1') { observer.disconnect(); document.getElementById('stop').click(); }
-        }).observe(document.getElementById('log'), {subtree: true, childList: true, attributes: true});""")
-        # Sampling hot enough that EOS is unlikely: the answer runs for all MAX_NEW tokens unless stopped.
-        driver.find_element(By.ID, "sample").click()
-        driver.find_element(By.ID, "temperature").clear()
-        driver.find_element(By.ID, "temperature").send_keys("5")
-        driver.find_element(By.ID, "input").send_keys(prompts[2] + "\n")
-        WebDriverWait(driver, 120).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".assistant:not([data-state=streaming])")) == 3
-        )
-        states = [a.get_attribute("data-state") for a in driver.find_elements(By.CSS_SELECTOR, ".assistant")]
-        assert states == ["done", "done", "stopped"], states
-        assert driver.find_element(By.ID, "send").is_enabled() and not driver.find_element(By.ID, "stop").is_enabled()
-        shot = os.path.join(ROOT, "runs", "artefacts", "serve_chat.png")
-        os.makedirs(os.path.dirname(shot), exist_ok=True)
-        assert driver.save_screenshot(shot) and os.path.getsize(shot) > 5000
-        print(f"screenshot: {shot}")
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not severe, severe
-    finally:
-        driver.quit()
-
-
-def test_text_stream_holds_back_partial_characters_and_stop_strings(exported_tiny):
-    from paddlebloom.serving.responses import TextStream
-    from paddlebloom.tokenizer import BloomTokenizer
-
-    tokenizer = BloomTokenizer.from_pretrained(exported_tiny)
-    text = "猫 sat on the mat. END of it"
-    ids = tokenizer.encode(text)
-    plain = TextStream(tokenizer, [])
-    pieces = [plain.feed([i]) for i in ids] + [plain.finish()]
-    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
-    stopping = TextStream(tokenizer, ["END", "xyz"])
-    out = ""
-    for i in ids:
-        out += stopping.feed([i])
-        if stopping.stopped:
-            break
-    assert stopping.stopped and out + stopping.finish() == "猫 sat on the mat. "
-
-
-def test_chat_messages_become_turns():
-    from paddlebloom.serving.api import ApiError, chat_turns
-
-    system, history, query = chat_turns(
-        [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "hello"},
-            {"role": "system", "content": "Now in French."},
-            {"role": "user", "content": "2+2?"},
-        ]
-    )
-    assert system == "Be brief." and history == [("hi", "hello")] and query == "Now in French.\n\n2+2?"
-    for bad in (
-        [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}],
-        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-        [{"role": "user", "content": 5}],
-        [{"role": "user", "content": "a", "extra": 1}],
-        "hi",
-    ):
-        with pytest.raises(ApiError):
-            chat_turns(bad)
-
-
-def test_chat_system_prompt_is_the_templates_as_in_training(exported_tiny):
-    """A leading system message goes into the template's system slot: the server's prompt ids are
-    those of the same conversation as a training record ({"messages": ...}) up to its last answer."""
-    from paddlebloom.data.encode import encode_turns
-    from paddlebloom.data.formats import to_dialogue
-    from paddlebloom.data.templates import get_template
-    from paddlebloom.serving.api import Limits, parse_chat
-    from paddlebloom.tokenizer import BloomTokenizer
-
-    tokenizer, template = BloomTokenizer.from_pretrained(exported_tiny), get_template("belle")
-    messages = [
-        {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris"},
-        {"role": "user", "content": "And of Italy?"},
-    ]
-    served = parse_chat({"messages": messages}, tokenizer, template, Limits(512, 16, {})).prompts[0]
-    dialogue = to_dialogue({"messages": messages + [{"role": "assistant", "content": "Rome"}]})
-    ids, _ = encode_turns(dialogue.turns, tokenizer, template, 512, 64, dialogue.system)
-    assert "Answer in one word." in tokenizer.decode(served)
-    assert served == ids[: len(served)].tolist() and tokenizer.decode(ids[len(served) :].tolist()).startswith("Rome")
-
-
-def test_load_test_runs_and_reports_batching(tmp_path):
-    """bench/run_serve_bench.py end to end on a tiny model and a few requests (its speed is not asserted here)."""
-    out = tmp_path / "serve.json"
-    run_py(
-        [
-            os.path.join(ROOT, "bench", "run_serve_bench.py"),
-            "--clients",
-            "1",
-            "4",
-            "--requests",
-            "8",
-            "--max_tokens",
-            "16",
-            "--max_seconds",
-            "60",
-            "--hidden",
-            "64",
-            "--layers",
-            "2",
-            "--vocab",
-            "2000",
-            "--work_dir",
-            str(tmp_path / "work"),
-            "--output",
-            str(out),
-        ]
-    )
-    result = json.loads(out.read_text())
-    assert [r["clients"] for r in result["batched"]] == [1, 4] and result["sequential"][0]["clients"] == 4
-    assert all(
-        r["errors"] == 0 and r["requests"] == 8 and r["tokens_per_s"] > 0
-        for r in result["batched"] + result["sequential"]
-    )
-    assert result["batched"][1]["mean_batch"] > 1 and result["sequential"][0]["mean_batch"] == 1
-    from bench.write_report import serving_section
-
-    assert "requests/s" in serving_section(result)
