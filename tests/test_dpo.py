@@ -1,5 +1,6 @@
 """Issue 17: preference tuning (DPO / IPO) on the fine-tuning trainer — TRL's loss and gradients,
-the LoRA reference, TP=2 ≡ TP=1, resume, data formats and bad input."""
+the LoRA reference, TP=2 ≡ TP=1, data parallel, resume and bad flags (data formats and bad data:
+test_dpo_data.py)."""
 
 import json
 import os
@@ -10,39 +11,18 @@ import subprocess
 import numpy as np
 import paddle
 import pytest
+from dpo_fixtures import BELLE, SCRIPT, dpo_flags, first_word_pairs, write_jsonl
 
 from conftest import HF_PY, ROOT, launch, require_hf_venv, run_py
-from paddlebloom import corpus
 from paddlebloom.checkpoint import load_into
 from paddlebloom.config import BloomConfig
-from paddlebloom.data.readers import DataError
-from paddlebloom.data.templates import TEMPLATES
 from paddlebloom.dpo.cli import parse_dpo_args, run_dpo
-from paddlebloom.dpo.data import collate_pairs, encode_preference, load_preferences, to_preference
+from paddlebloom.dpo.data import collate_pairs, encode_preference, to_preference
 from paddlebloom.dpo.objective import PreferenceObjective
 from paddlebloom.dpo.reference import AdaptersOff, FrozenCopy
 from paddlebloom.model import BloomForCausalLM
 from paddlebloom.tokenizer import BloomTokenizer
 from paddlebloom.weights import WEIGHTS, read_state_for_rank, save_weights
-
-SCRIPT = os.path.join(ROOT, "finetune", "dpo.py")
-BELLE = TEMPLATES["belle"]
-
-
-def first_word_pairs(n: int, seed: int):
-    """The demo's new instruction as preferences: the first word is right, another word of the list wrong."""
-    out = []
-    for t in corpus.instruction_tasks(n, seed=seed, families=("first_word",)):
-        words = t["input"].split()
-        wrong = next((w for w in words[1:] if w != words[0]), "cat" if words[0] != "cat" else "dog")
-        out.append({"prompt": f"{t['instruction']}\n{t['input']}", "chosen": t["output"], "rejected": wrong})
-    return out
-
-
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +107,8 @@ def test_loss_metrics_and_gradients_equal_trl(trl_results, tiny_dir, policy_dir,
     worst = max(np.abs(grads[n] - trl["grad:" + n]).max() for n in grads)
     largest = max(np.abs(trl["grad:" + n]).max() for n in grads)
     print(
-        f"{s['loss_type']}: loss {float(loss):.8f} vs TRL {float(trl['loss']):.8f}; gradients differ by at most {worst:.2e} (largest {largest:.2e})"
+        f"{s['loss_type']}: loss {float(loss):.8f} vs TRL {float(trl['loss']):.8f}; "
+        f"gradients differ by at most {worst:.2e} (largest {largest:.2e})"
     )
     assert worst < 1e-5 and largest > 1e-2, (worst, largest)
     assert (
@@ -165,35 +146,6 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_dir):
     assert np.abs(with_adapter - reference).max() > 1e-2  # the adapter matters...
     assert policy.training and np.array_equal(sequence_logps(policy, *batch).numpy(), with_adapter)  # ...and is back on
     assert not any(isinstance(v, paddle.Tensor) for v in vars(AdaptersOff(policy)).values())  # no second copy
-
-
-def dpo_flags(model_dir, data, out, *extra):
-    return [
-        "--model_name_or_path",
-        model_dir,
-        "--train_file",
-        data,
-        "--output_dir",
-        str(out),
-        "--src_length",
-        "48",
-        "--tgt_length",
-        "16",
-        "--per_device_train_batch_size",
-        "4",
-        "--logging_steps",
-        "1",
-        "--save_steps",
-        "0",
-        "--disable_tqdm",
-        "--seed",
-        "3",
-        "--learning_rate",
-        "3e-3",
-        "--lr_scheduler_type",
-        "constant",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -273,146 +225,6 @@ def test_resume_continues_exactly(tiny_dir, pairs_file, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-Q, C, R, S = "最前面的词是什么？\ncat dog fish", "cat", "fish", "Answer with one word."
-ONE_TURN = {
-    "trl": {"prompt": Q, "chosen": C, "rejected": R, "system": S},
-    "trl conversational": {
-        "prompt": [{"role": "system", "content": S}, {"role": "user", "content": Q}],
-        "chosen": [{"role": "assistant", "content": C}],
-        "rejected": [{"role": "assistant", "content": R}],
-    },
-    "alpaca": {"instruction": "最前面的词是什么？", "input": "cat dog fish", "chosen": C, "rejected": R, "system": S},
-    "sharegpt": {
-        "conversations": [{"from": "system", "value": S}, {"from": "human", "value": Q}],
-        "chosen": {"from": "gpt", "value": C},
-        "rejected": {"from": "gpt", "value": R},
-    },
-    "messages": {
-        "messages": [{"role": "user", "content": Q}],
-        "system": S,
-        "chosen": {"role": "assistant", "content": C},
-        "rejected": {"role": "assistant", "content": R},
-    },
-    "paddlenlp sorted": {"src": Q, "tgt": [], "response": [R, C], "sort": [0, 1], "system": S},
-}
-H_Q, H_A = "你好", "你好！"
-TWO_TURNS = {
-    "trl conversational": {
-        "prompt": [
-            {"role": "user", "content": H_Q},
-            {"role": "assistant", "content": H_A},
-            {"role": "user", "content": Q},
-        ],
-        "chosen": C,
-        "rejected": R,
-    },
-    "alpaca history": {"instruction": Q, "history": [[H_Q, H_A]], "chosen": C, "rejected": R},
-    "sharegpt": {
-        "conversations": [
-            {"from": "human", "value": H_Q},
-            {"from": "gpt", "value": H_A},
-            {"from": "human", "value": Q},
-        ],
-        "chosen": C,
-        "rejected": R,
-    },
-    "paddlenlp": {"src": [H_Q, Q], "tgt": [H_A], "response": [C, R]},
-}
-
-
-@pytest.mark.parametrize("records", [ONE_TURN, TWO_TURNS], ids=["one turn", "two turns"])
-def test_every_format_gives_the_fine_tuning_tokens_with_only_the_final_answer_scored(tiny_dir, tmp_path, records):
-    from paddlebloom.data.dataset import load_examples
-
-    tok = BloomTokenizer.from_pretrained(tiny_dir)
-    pairs = {name: encode_preference(to_preference(r, where=name), tok, BELLE, 64, 16) for name, r in records.items()}
-    first = next(iter(pairs.values()))
-    for name, pair in pairs.items():
-        assert all(np.array_equal(a, b) for a, b in zip(pair, first)), name
-    c_ids, c_labels, r_ids, r_labels = first
-    assert [t for t in c_labels if t != -100] == tok.encode(C) + [tok.eos_token_id]
-    assert [t for t in r_labels if t != -100] == tok.encode(R) + [tok.eos_token_id]
-    prompt = len(c_ids) - len(tok.encode(C))
-    assert np.array_equal(c_ids[:prompt], r_ids[:prompt])  # both answers after the same prompt
-    # the chosen side is the fine-tuning example of the same conversation, earlier answers unscored
-    history = (
-        [{"from": "human", "value": H_Q}, {"from": "gpt", "value": H_A}]
-        if records is TWO_TURNS
-        else [{"from": "system", "value": S}]
-    )
-    sft = write_jsonl(
-        tmp_path / "sft.jsonl",
-        [{"conversations": history + [{"from": "human", "value": Q}, {"from": "gpt", "value": C}]}],
-    )
-    ((ids, labels),) = load_examples([sft], tok, BELLE, 64, 16, show_progress=False)
-    assert np.array_equal(ids, c_ids) and np.array_equal(
-        labels[-len(tok.encode(C)) - 1 :], c_labels[-len(tok.encode(C)) - 1 :]
-    )
-    assert (
-        (labels != -100).sum() > (c_labels != -100).sum() if records is TWO_TURNS else np.array_equal(labels, c_labels)
-    )
-
-
-def test_over_long_conversations_keep_the_same_prompt_for_both_answers(tiny_dir):
-    from paddlebloom.data.encode import encode_turns
-
-    tok = BloomTokenizer.from_pretrained(tiny_dir)
-    history, long_answer = [(f"hi {i}", f"ok {i}") for i in range(6)], "cat " * 20
-    # fine-tuning's truncation alone would keep one more old turn before the short answer
-    alone = [encode_turns(history + [(Q, a)], tok, BELLE, 96, 16)[0] for a in (long_answer, R)]
-    assert tok.decode(list(alone[0])).startswith("Human: \nhi 5") and tok.decode(list(alone[1])).startswith(
-        "Human: \nhi 4"
-    )
-    record = {
-        "prompt": [m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-        + [{"role": "user", "content": Q}],
-        "chosen": long_answer,
-        "rejected": R,
-    }
-    c_ids, c_labels, r_ids, r_labels = encode_preference(to_preference(record), tok, BELLE, 96, 16)
-    c_prompt, r_prompt = len(c_ids) + 1 - (c_labels != -100).sum(), len(r_ids) + 1 - (r_labels != -100).sum()
-    assert c_prompt == r_prompt and np.array_equal(c_ids[:c_prompt], r_ids[:r_prompt])
-    assert tok.decode(list(r_ids)).startswith("Human: \nhi 5") and tok.decode(list(c_ids[:c_prompt])).endswith(
-        BELLE.render(Q, first=False)
-    )
-    assert len(c_ids) + 1 <= 96 + 16 and [t for t in r_labels if t != -100] == tok.encode(R) + [tok.eos_token_id]
-
-
-BAD_PAIRS = {
-    "missing rejected": ({"prompt": "q", "chosen": "a"}, "missing field 'rejected'"),
-    "paddlenlp tgt": ({"src": ["a", "b"], "tgt": [], "response": ["x", "y"]}, "field 'tgt'"),
-    "paddlenlp sort tie": ({"src": "a", "response": ["x", "y"], "sort": [1, 1]}, "field 'sort'"),
-    "paddlenlp one response": ({"src": "a", "response": ["x"]}, "field 'response'"),
-    "answered conversation": (
-        {
-            "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
-            "chosen": "c",
-            "rejected": "d",
-        },
-        "must end with a user turn",
-    ),
-    "bad message": (
-        {"prompt": [{"role": "robot", "content": "a"}], "chosen": "c", "rejected": "d"},
-        "field 'prompt': field 'messages[0]'",
-    ),
-    "chosen not an answer": (
-        {"prompt": "q", "chosen": {"role": "user", "content": "c"}, "rejected": "d"},
-        "field 'chosen'",
-    ),
-    "same answers": ({"prompt": "q", "chosen": "same", "rejected": "same"}, "give the same tokens"),
-    "unknown format": ({"question": "q"}, "unknown preference format"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_PAIRS))
-def test_bad_records_are_named_by_file_line_and_field(tiny_dir, tmp_path, case):
-    record, message = BAD_PAIRS[case]
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, record])
-    with pytest.raises(DataError) as e:
-        load_preferences([path], BloomTokenizer.from_pretrained(tiny_dir), BELLE, 48, 16, show_progress=False)
-    assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value), str(e.value)
-
-
 BAD_FLAGS = {
     "prefix": (["--prefix"], "--prefix is not supported by DPO"),
     "cDPO rate": (["--label_smoothing", "0.5"], "--label_smoothing (conservative DPO) must be in [0, 0.5)"),
@@ -427,13 +239,3 @@ def test_bad_flags_are_refused(tiny_dir, pairs_file, tmp_path, case):
     extra, message = BAD_FLAGS[case]
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_dpo_args(dpo_flags(tiny_dir, pairs_file, tmp_path / "out", *extra))
-
-
-def test_bad_data_stops_the_script_in_one_line_and_writes_nothing(tiny_dir, tmp_path):
-    bad = write_jsonl(
-        tmp_path / "bad.jsonl", first_word_pairs(3, 0) + [{"src": "q", "response": ["x", "y"], "sort": [2, 2]}]
-    )
-    proc = run_py([SCRIPT, *dpo_flags(tiny_dir, bad, tmp_path / "out", "--max_steps", "1")], check=False)
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "warn" not in l.lower()]
-    assert proc.returncode == 2 and lines[-1].startswith(f"dpo.py: error: {bad}:4: field 'sort'"), proc.stderr[-800:]
-    assert not (tmp_path / "out").exists()
