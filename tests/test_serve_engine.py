@@ -34,10 +34,16 @@ def test_full_server_answers_429_and_recovers(exported_tiny):
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        srv.app.engine.predictor.eos_token_id = -1  # the held job cannot end on its own while we look
+        engine = srv.app.engine
+        engine.predictor.eos_token_id = -1  # the held job cannot end on its own while we look
+        # ... nor by running out of tokens: its decode steps wait until we have looked (a quiet
+        # machine decodes the tiny model's 512 tokens before the HTTP request arrives)
+        gate, decode = threading.Event(), engine.steps.decode_logits
+        engine.steps.decode_logits = lambda seqs: gate.wait(60) and decode(seqs)
         job = srv.app.engine.submit([5, 6, 7], Sampling(max_new_tokens=512))
         status, body = call(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
         assert status == 429 and body["error"]["type"] == "server_busy", body
+        gate.set()
         job.cancel()
         while not isinstance(job.events.get(timeout=60), tuple):
             pass

@@ -22,13 +22,20 @@ kernels will use.
 import os
 import threading
 import types
+import warnings
 from pathlib import Path
 
-import paddle
-from paddle.jit.marker import unified
-from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+from ..cli import quiet_upstream_warnings
 
-from ..workarounds import custom_op_module
+# `python -m paddlebloom.ops.build` (make install) imports Paddle first here, before any script could
+# filter Paddle's import-time ccache warning: filter it for these imports only (no global change).
+with warnings.catch_warnings():
+    quiet_upstream_warnings()
+    import paddle
+    from paddle.jit.marker import unified
+    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+
+    from ..workarounds import custom_op_module
 
 
 class OpsUnavailable(RuntimeError):
