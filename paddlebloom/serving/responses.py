@@ -8,6 +8,7 @@ possible stop strings, TextStream) and, when asked, into OpenAI's log-probabilit
 A token that holds part of a character is named by its bytes ("bytes:\\xe4\\xbd", as OpenAI does).
 """
 
+import codecs
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,7 +71,9 @@ class Choice:
         self.index, self.job, self.tokenizer, self.kind, self.echo = index, job, tokenizer, logprobs, echo
         self.stream = TextStream(tokenizer, stop)
         self.text, self.finish_reason, self.started = "", None, False
-        self._bytes_before = b""  # every token's bytes so far: text_offset counts the whole characters in them
+        # text_offset = whole characters before a token; an incremental decoder holds a split character's
+        # bytes, so counting costs O(new bytes) per token (re-decoding everything was O(n^2) per answer)
+        self._chars, self._utf8 = 0, codecs.getincrementaldecoder("utf-8")("ignore")
         self.entries: List = []
 
     @property
@@ -108,10 +111,9 @@ class Choice:
             return None
         piece = []
         for token, score in zip(ids, scores):
-            offset = len(self._bytes_before.decode("utf-8", "ignore"))
+            piece.append((token, score, self._chars))
             if not self.tokenizer.is_special(token):  # decode() drops special tokens from the text
-                self._bytes_before += self.tokenizer.token_bytes(token)
-            piece.append((token, score, offset))
+                self._chars += len(self._utf8.decode(self.tokenizer.token_bytes(token)))
         self.entries.extend(piece)
         return self._shape(piece)
 
